@@ -1,0 +1,53 @@
+/* SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause */
+/* Layout shared by the BPF programs and user space (src/maps.rs mirrors it;
+ * a unit test there checks the sizes). */
+#ifndef PDSCP_H
+#define PDSCP_H
+
+#define PDSCP_IFNAMSIZ 16
+
+/* flows: one entry per flow seen on an attached tunnel. */
+struct flow_key {
+	__u32 hash; /* skb->hash, kept by the tunnel across encapsulation */
+	__u16 port; /* the tunnel's outer UDP source port, network order; 0 = any */
+	__u16 pad;  /* always 0 */
+};
+
+/* ifaces: every attached device of this uplink, keyed by ifindex. */
+enum iface_role {
+	ROLE_UPLINK = 1, /* the writer runs on its egress */
+	ROLE_TUNNEL = 2, /* the reader runs on its egress */
+};
+
+enum attach_mode {
+	MODE_TCX = 1, /* a pinned TCX link (kernel 6.6+) */
+	MODE_TC = 2,  /* a cls_bpf filter on clsact at pdscp's handle/priority */
+};
+
+struct iface_cfg {
+	__u8 role;     /* enum iface_role */
+	__u8 l2;       /* 1: packets start with an Ethernet header, 0: with IP */
+	__u8 mode;     /* enum attach_mode; user space bookkeeping */
+	__u8 any_port; /* tunnel matched on the hash alone */
+	__u16 port;    /* tunnel: outer UDP source port, network order */
+	__u16 pad;
+	char name[PDSCP_IFNAMSIZ]; /* device name when attached */
+	__u32 netns;               /* inode of the device's network namespace */
+};
+
+/* ports: the outer UDP source ports of attached tunnels (network order) ->
+ * tunnel ifindex. Key 0 is present while any --any-port tunnel is attached. */
+
+/* stats: per-CPU u64 counters, summed by user space. */
+enum stat_index {
+	STAT_WRITER_MARKED = 0,        /* + DSCP: tunnel packets given this DSCP */
+	STAT_READER_SEEN = 64,         /* + DSCP: inner packets seen with this DSCP */
+	STAT_WRITER_MISS = 128,        /* tunnel packet, no flow entry (or no hash) */
+	STAT_WRITER_NOT_TUNNEL = 129,  /* not UDP from an attached tunnel's port */
+	STAT_READER_INSERT = 130,      /* new flow entries */
+	STAT_READER_UPDATE = 131,      /* flows whose mark changed */
+	STAT_READER_NOT_IP = 132,      /* tunnel packets that are not IPv4/IPv6 */
+	STAT_MAX = 133,
+};
+
+#endif

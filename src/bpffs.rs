@@ -1,0 +1,143 @@
+//! The pin root in bpffs and the lock that serialises pdscp commands.
+//!
+//! bpffs holds only pins and directories, so the lock is an flock on the pin
+//! root directory itself: no lock file to create, nothing to follow.
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use fs2::FileExt;
+use nix::mount::{mount, MsFlags};
+use nix::sys::statfs::statfs;
+
+use crate::pins::UplinkPins;
+
+pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/preserve-dscp";
+const BPFFS_MOUNT_POINT: &str = "/sys/fs/bpf";
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+/// The pin root, opened and locked for the life of the value.
+pub struct PinRoot {
+    pub path: PathBuf,
+    _lock: File,
+}
+
+impl PinRoot {
+    /// Opens (creating it and mounting bpffs if needed) and locks exclusively,
+    /// for commands that change state.
+    pub fn open(path: &Path, create: bool) -> Result<PinRoot> {
+        if !path.exists() && create {
+            ensure_bpffs_for(path)?;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(path)
+                .with_context(|| format!("creating pin root {}", path.display()))?;
+        }
+        let root = Self::lock(path, true)?;
+        Ok(root)
+    }
+
+    /// Opens an existing pin root with a lock (shared for readers), or None
+    /// if there is none, so nothing is attached. Detach and status never
+    /// create state.
+    pub fn open_existing(path: &Path, exclusive: bool) -> Result<Option<PinRoot>> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        Ok(Some(Self::lock(path, exclusive)?))
+    }
+
+    fn lock(path: &Path, exclusive: bool) -> Result<PinRoot> {
+        if !is_bpffs(path)? {
+            bail!("pin root {} is not on a bpf filesystem", path.display());
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .open(path)
+            .with_context(|| format!("opening pin root {}", path.display()))?;
+        // flock(2) through fs2 (std's File::lock is newer than our MSRV).
+        let locked = if exclusive {
+            FileExt::lock_exclusive(&file)
+        } else {
+            FileExt::lock_shared(&file)
+        };
+        locked.with_context(|| format!("locking pin root {}", path.display()))?;
+        Ok(PinRoot {
+            path: path.to_path_buf(),
+            _lock: file,
+        })
+    }
+
+    pub fn uplink(&self, name: &str) -> UplinkPins {
+        UplinkPins::new(name, self.path.join(name))
+    }
+
+    /// Every uplink with state under this root.
+    pub fn uplinks(&self) -> Result<Vec<UplinkPins>> {
+        let mut uplinks = Vec::new();
+        for entry in fs::read_dir(&self.path).with_context(|| format!("reading {}", self.path.display()))? {
+            let entry = entry?;
+            if !entry.file_type()?.is_dir() {
+                continue;
+            }
+            if let Some(name) = entry.file_name().to_str() {
+                if crate::iface::validate_name(name).is_ok() {
+                    uplinks.push(self.uplink(name));
+                }
+            }
+        }
+        uplinks.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(uplinks)
+    }
+}
+
+pub fn is_bpffs(path: &Path) -> Result<bool> {
+    let st = statfs(path).with_context(|| format!("statfs {}", path.display()))?;
+    Ok(st.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+}
+
+/// Makes sure the pin root will land on bpffs: mounts bpffs on /sys/fs/bpf
+/// when the root is below it and nothing is mounted there yet.
+fn ensure_bpffs_for(root: &Path) -> Result<()> {
+    let existing = root.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    if is_bpffs(existing)? {
+        return Ok(());
+    }
+    let mount_point = Path::new(BPFFS_MOUNT_POINT);
+    if !root.starts_with(mount_point) || !mount_point.is_dir() {
+        bail!(
+            "{} is not on a bpf filesystem; mount one first (mount -t bpf bpf DIR)",
+            root.display()
+        );
+    }
+    if in_private_mount_namespace() {
+        bail!(
+            "no bpffs at {BPFFS_MOUNT_POINT} in this mount namespace (inside `ip netns exec`?): \
+             pins made here would vanish; use `pdscp --netns NAME` instead"
+        );
+    }
+    mount(
+        Some("bpf"),
+        mount_point,
+        Some("bpf"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=0700"),
+    )
+    .with_context(|| format!("mounting bpffs on {BPFFS_MOUNT_POINT}"))?;
+    Ok(())
+}
+
+/// `ip netns exec` runs its command in a new mount namespace with a fresh
+/// /sys; pins made there die with it. PID 1's namespace is the system's.
+fn in_private_mount_namespace() -> bool {
+    match (
+        fs::read_link("/proc/self/ns/mnt"),
+        fs::read_link("/proc/1/ns/mnt"),
+    ) {
+        (Ok(own), Ok(init)) => own != init,
+        _ => false,
+    }
+}

@@ -1,0 +1,241 @@
+//! Command line: parsing, input validation and dispatch.
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::{bpffs, commands, iface, netns, privileges, status};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pdscp",
+    version,
+    about = "Keep DSCP (QoS) marks alive across WireGuard tunnels",
+    long_about = "Keep DSCP (QoS) marks alive across WireGuard tunnels.\n\n\
+        A reader program on each tunnel's egress remembers the inner packet's DSCP by flow \
+        hash; a writer program on the uplink's egress copies it onto the outer packet. \
+        Programs and maps are pinned in bpffs under <PIN_ROOT>/<UPLINK>/, so tunnels can be \
+        attached and detached one at a time.\n\n\
+        Privacy: copying marks to the outer header shows observers on the path which \
+        traffic classes the tunnel carries."
+)]
+pub struct Cli {
+    /// bpffs directory that holds pdscp's state, one sub-directory per uplink
+    #[arg(long, global = true, env = "PDSCP_PIN_ROOT", default_value = bpffs::DEFAULT_PIN_ROOT)]
+    pub pin_root: PathBuf,
+
+    /// Run in the network namespace /run/netns/NAME (instead of `ip netns exec`, which hides bpffs)
+    #[arg(long, global = true, value_name = "NAME")]
+    pub netns: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Start marking a tunnel's packets on an uplink (a no-op if already attached)
+    Attach(AttachArgs),
+    /// Stop marking a tunnel (succeeds if it is not attached; works after the device is gone)
+    Detach(DetachArgs),
+    /// Show uplinks, tunnels, attachments and counters
+    Status(StatusArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AttachArgs {
+    /// Tunnel device (WireGuard, VXLAN, ...) whose inner DSCP is read
+    pub tunnel: String,
+    /// Device the tunnel's encrypted packets leave by
+    #[arg(long)]
+    pub uplink: String,
+    /// The tunnel's fixed outer UDP source port (WireGuard: its listen port)
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..), conflicts_with = "any_port")]
+    pub port: Option<u16>,
+    /// Match outer packets on the flow hash alone, whatever their UDP source port
+    #[arg(long)]
+    pub any_port: bool,
+    /// How to attach: tcx links (kernel 6.6+), tc clsact filters, or auto (tcx, else tc)
+    #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
+    pub mode: ModeArg,
+    /// Flow map size, used when the uplink's map is first created
+    #[arg(long, default_value_t = 16384, value_parser = clap::value_parser!(u32).range(16..=1 << 24))]
+    pub map_size: u32,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DetachArgs {
+    /// Tunnel device to stop marking
+    pub tunnel: String,
+    /// Only look for the tunnel on this uplink
+    #[arg(long)]
+    pub uplink: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    /// Machine-readable output
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModeArg {
+    Auto,
+    Tcx,
+    Tc,
+}
+
+/// How an attached tunnel's outer packets are recognised on the uplink.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortMatch {
+    Port(u16),
+    Any,
+}
+
+pub fn run() -> Result<()> {
+    let cli = Cli::parse();
+    // libbpf's own messages (e.g. "Exclusivity flag on" when clsact exists)
+    // are noise for operators; PDSCP_DEBUG=1 shows them.
+    if std::env::var_os("PDSCP_DEBUG").is_none() {
+        libbpf_rs::set_print(None);
+    }
+    // Validate everything the user typed before touching any state.
+    validate(&cli)?;
+    privileges::check()?;
+    if let Some(name) = &cli.netns {
+        netns::enter(name)?;
+    }
+    match &cli.command {
+        Command::Attach(args) => {
+            let ports = match (args.port, args.any_port) {
+                (Some(p), false) => PortMatch::Port(p),
+                (None, true) => PortMatch::Any,
+                _ => bail!(
+                    "attach {}: give the tunnel's outer UDP source port with --port N \
+                     (WireGuard: its listen port), or --any-port",
+                    args.tunnel
+                ),
+            };
+            let root = bpffs::PinRoot::open(&cli.pin_root, true)?;
+            let msg = commands::attach(&root, &args.tunnel, &args.uplink, ports, args.mode, args.map_size)?;
+            println!("{msg}");
+        }
+        Command::Detach(args) => {
+            let Some(root) = bpffs::PinRoot::open_existing(&cli.pin_root, true)? else {
+                println!("{}: not attached", args.tunnel);
+                return Ok(());
+            };
+            let msg = commands::detach(&root, &args.tunnel, args.uplink.as_deref())?;
+            println!("{msg}");
+        }
+        Command::Status(args) => {
+            let report = match bpffs::PinRoot::open_existing(&cli.pin_root, false)? {
+                Some(root) => status::collect(&root)?,
+                None => status::Report::empty(&cli.pin_root),
+            };
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.to_text());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate(cli: &Cli) -> Result<()> {
+    if let Some(ns) = &cli.netns {
+        netns::validate_name(ns)?;
+    }
+    match &cli.command {
+        Command::Attach(a) => {
+            iface::validate_name(&a.tunnel)?;
+            iface::validate_name(&a.uplink)?;
+            if a.tunnel == a.uplink {
+                bail!(
+                    "attach {}: the uplink must be another device than the tunnel",
+                    a.tunnel
+                );
+            }
+        }
+        Command::Detach(d) => {
+            iface::validate_name(&d.tunnel)?;
+            if let Some(u) = &d.uplink {
+                iface::validate_name(u)?;
+            }
+        }
+        Command::Status(_) => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("pdscp").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn attach_parses_port_and_mode() {
+        let cli = parse(&[
+            "attach", "wg0", "--uplink", "eth0", "--port", "51820", "--mode", "tc",
+        ])
+        .unwrap();
+        let Command::Attach(a) = cli.command else {
+            panic!("not attach")
+        };
+        assert_eq!((a.tunnel.as_str(), a.uplink.as_str()), ("wg0", "eth0"));
+        assert_eq!(a.port, Some(51820));
+        assert_eq!(a.mode, ModeArg::Tc);
+        assert_eq!(a.map_size, 16384);
+    }
+
+    #[test]
+    fn port_and_any_port_conflict() {
+        assert!(parse(&["attach", "wg0", "--uplink", "eth0", "--port", "1", "--any-port"]).is_err());
+    }
+
+    #[test]
+    fn port_zero_and_bad_mode_are_refused() {
+        assert!(parse(&["attach", "wg0", "--uplink", "eth0", "--port", "0"]).is_err());
+        assert!(parse(&["attach", "wg0", "--uplink", "eth0", "--port", "65536"]).is_err());
+        assert!(parse(&["attach", "wg0", "--uplink", "eth0", "--mode", "xdp"]).is_err());
+        assert!(parse(&["attach", "wg0"]).is_err(), "--uplink is required");
+    }
+
+    #[test]
+    fn validation_refuses_bad_names_and_same_device() {
+        for args in [
+            &["attach", "wg0", "--uplink", "wg0", "--any-port"][..],
+            &["attach", "../x", "--uplink", "eth0", "--any-port"],
+            &["attach", "wg0", "--uplink", "", "--any-port"],
+            &["detach", "a-name-longer-than-15"],
+            &["detach", "wg0", "--uplink", ".."],
+            &["--netns", "../../etc", "status"],
+        ] {
+            let cli = parse(args).unwrap();
+            assert!(validate(&cli).is_err(), "{args:?} should be refused");
+        }
+        let ok = parse(&[
+            "--netns",
+            "router",
+            "attach",
+            "wg0",
+            "--uplink",
+            "eth0.10",
+            "--any-port",
+        ])
+        .unwrap();
+        validate(&ok).unwrap();
+    }
+
+    #[test]
+    fn pin_root_defaults() {
+        std::env::remove_var("PDSCP_PIN_ROOT");
+        let cli = parse(&["status"]).unwrap();
+        assert_eq!(cli.pin_root, PathBuf::from("/sys/fs/bpf/preserve-dscp"));
+    }
+}

@@ -1,0 +1,514 @@
+//! End to end: the real pdscp binary, real BPF programs in the kernel, two
+//! network namespaces joined by a veth pair, VXLAN tunnels with a fixed outer
+//! source port standing in for WireGuard, and the outer packets captured on
+//! the far side of the wire. Needs root.
+
+mod testbed;
+
+use std::net::{Ipv4Addr, UdpSocket};
+use std::process::Output;
+
+use serde_json::Value;
+use testbed::*;
+
+const MODES: [&str; 2] = ["tcx", "tc"];
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "pdscp failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A refused command: non-zero exit and exactly one line on stderr that contains `expect`.
+fn refused(out: Output, expect: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "should have failed; stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(stderr.lines().count(), 1, "one line of error: {stderr}");
+    assert!(stderr.contains(expect), "error {stderr:?} should say {expect:?}");
+}
+
+fn attach(bed: &TestBed, t: &Tunnel, mode: &str) -> String {
+    let port = t.srcport.to_string();
+    ok(bed.pdscp(&[
+        "attach", &t.name, "--uplink", UPLINK, "--port", &port, "--mode", mode,
+    ]))
+}
+
+fn status(bed: &TestBed) -> Value {
+    let json = ok(bed.pdscp(&["status", "--json"]));
+    serde_json::from_str(&json).unwrap_or_else(|e| panic!("status --json: {e}: {json}"))
+}
+
+/// Outer packets of tunnel `t` leaving a, carrying inner protocol `proto`.
+fn from_a(frames: &[Vec<u8>], t: &Tunnel, proto: u8) -> Vec<TunnelPacket> {
+    parse_all(frames)
+        .into_iter()
+        .filter(|p| p.vni == t.vni && p.outer_sport == t.srcport && p.inner_proto == proto)
+        .filter(|p| p.inner_src == t.a_addr(false) || p.inner_src == t.a_addr(true))
+        .collect()
+}
+
+/// Every packet carries the inner DSCP outside, ECN as the tunnel set it, a valid checksum.
+fn assert_marked(pkts: &[TunnelPacket], min: usize, what: &str) {
+    assert!(
+        pkts.len() >= min,
+        "{what}: {} packets, expected at least {min}",
+        pkts.len()
+    );
+    for p in pkts {
+        assert_eq!(
+            p.outer_dscp(),
+            p.inner_dscp(),
+            "{what}: outer DSCP copied from inner: {p:?}"
+        );
+        assert_eq!(p.outer_ecn(), p.inner_ecn(), "{what}: ECN kept: {p:?}");
+        assert!(
+            p.outer_ipv4_checksum_ok,
+            "{what}: IPv4 header checksum valid: {p:?}"
+        );
+    }
+}
+
+fn assert_unmarked(pkts: &[TunnelPacket], min: usize, what: &str) {
+    assert!(
+        pkts.len() >= min,
+        "{what}: {} packets, expected at least {min}",
+        pkts.len()
+    );
+    for p in pkts {
+        assert_eq!(p.outer_dscp(), 0, "{what}: outer DSCP must stay 0: {p:?}");
+    }
+}
+
+/// Sends UDP (IPv4 and IPv6 inner), pings and a TCP bulk transfer through
+/// `t` and checks every outer packet of them is marked like its inner one.
+fn check_all_traffic_marked(bed: &TestBed, t: &Tunnel) {
+    let cap = Capture::start(&bed.b, UPLINK);
+    // EF with ECT(1): ECN must survive the rewrite.
+    send_udp(&bed.a, t.b_addr(false), 9000, 0xb9, 5);
+    // AF11 with ECT(0) over IPv6: the original read the whole traffic class as DSCP.
+    send_udp(&bed.a, t.b_addr(true), 9001, 0x2a, 5);
+    // Port-less traffic: its hash survives iptunnel_xmit only because the reader marks it L4.
+    assert!(ping(&bed.a, t.b_addr(false), 0xb8, 3).status.success());
+    assert!(ping(&bed.a, t.b_addr(true), 0x88, 3).status.success());
+    let frames = cap.stop();
+    let udp = from_a(&frames, t, IPPROTO_UDP);
+    assert_marked(&udp, 10, "UDP");
+    assert!(
+        udp.iter().any(|p| p.inner_version == 6 && p.outer_tos == 0x2a),
+        "IPv6 inner AF11: {udp:?}"
+    );
+    assert!(
+        udp.iter().any(|p| p.inner_version == 4 && p.outer_tos == 0xb9),
+        "IPv4 inner EF/ECT(1)"
+    );
+    let icmp = from_a(&frames, t, IPPROTO_ICMP);
+    assert_marked(&icmp, 3, "ICMP");
+    assert!(icmp.iter().all(|p| p.outer_dscp() == 46));
+    let icmp6 = from_a(&frames, t, IPPROTO_ICMPV6);
+    assert!(
+        icmp6.iter().filter(|p| p.outer_dscp() == 34).count() >= 3,
+        "ICMPv6 echo marked AF41: {icmp6:?}"
+    );
+
+    // TCP bulk: GSO super-packets are rewritten once on the uplink and cut
+    // into MTU-sized frames afterwards; every frame must carry the mark.
+    let cap = Capture::start(&bed.b, UPLINK);
+    let sent = 1 << 20;
+    assert_eq!(tcp_bulk(&bed.a, &bed.b, t.b_addr(false), 5201, 0x28, sent), sent);
+    assert_eq!(tcp_bulk(&bed.a, &bed.b, t.b_addr(true), 5202, 0x48, sent), sent);
+    let tcp = from_a(&cap.stop(), t, IPPROTO_TCP);
+    assert_marked(&tcp, 1000, "TCP bulk");
+    assert!(
+        tcp.iter().all(|p| p.outer_len <= 1500),
+        "segmented after the writer"
+    );
+    assert!(tcp.iter().any(|p| p.inner_version == 6 && p.outer_dscp() == 18));
+    assert!(tcp.iter().any(|p| p.inner_version == 4 && p.outer_dscp() == 10));
+}
+
+fn marks_everything(underlay: Underlay, mode: &str) {
+    let bed = TestBed::new();
+    let t = bed.add_vxlan("wg0", 100, 51820, underlay, 1);
+    let msg = attach(&bed, &t, mode);
+    assert!(msg.contains(&format!("mode {mode}")), "{msg}");
+    check_all_traffic_marked(&bed, &t);
+}
+
+#[test]
+fn marks_udp_tcp_icmp_over_ipv4_underlay_tcx() {
+    marks_everything(Underlay::V4, "tcx");
+}
+
+#[test]
+fn marks_udp_tcp_icmp_over_ipv4_underlay_tc() {
+    marks_everything(Underlay::V4, "tc");
+}
+
+#[test]
+fn marks_udp_tcp_icmp_over_ipv6_underlay_tcx() {
+    marks_everything(Underlay::V6, "tcx");
+}
+
+#[test]
+fn marks_udp_tcp_icmp_over_ipv6_underlay_tc() {
+    marks_everything(Underlay::V6, "tc");
+}
+
+/// Without pdscp the same bed loses every mark: the tests above can fail.
+#[test]
+fn without_pdscp_marks_are_lost() {
+    let bed = TestBed::new();
+    let t = bed.add_vxlan("wg0", 100, 51820, Underlay::V4, 1);
+    let cap = Capture::start(&bed.b, UPLINK);
+    send_udp(&bed.a, t.b_addr(false), 9000, 0xb8, 5);
+    assert_unmarked(&from_a(&cap.stop(), &t, IPPROTO_UDP), 5, "no pdscp");
+}
+
+/// One flow (one socket) changes its mark, then drops it to 0: the outer
+/// DSCP follows, down to 0.
+#[test]
+fn mark_changes_follow_the_flow() {
+    for mode in MODES {
+        let bed = TestBed::new();
+        let t = bed.add_vxlan("wg0", 100, 51820, Underlay::V4, 1);
+        attach(&bed, &t, mode);
+        let cap = Capture::start(&bed.b, UPLINK);
+        let dst = t.b_addr(false);
+        bed.a.run_in("one flow, three marks", move || {
+            let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+            for tos in [0xb8u8, 0x28, 0x00] {
+                set_tos(&sock, false, tos);
+                for _ in 0..3 {
+                    sock.send_to(&[tos], (dst, 9000)).unwrap();
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+            }
+        });
+        let pkts = from_a(&cap.stop(), &t, IPPROTO_UDP);
+        assert_eq!(pkts.len(), 9, "{mode}");
+        let outer: Vec<u8> = pkts.iter().map(|p| p.outer_dscp()).collect();
+        assert_eq!(outer, [46, 46, 46, 10, 10, 10, 0, 0, 0], "{mode}");
+        let s = status(&bed);
+        assert_eq!(s["uplinks"][0]["counters"]["flow_inserts"], 1, "{mode}: {s}");
+        assert_eq!(s["uplinks"][0]["counters"]["flow_updates"], 2, "{mode}: {s}");
+    }
+}
+
+/// Two tunnels on one uplink, a third unattached one beside them; detaching
+/// one leaves the other marked.
+#[test]
+fn two_tunnels_one_uplink_detach_one() {
+    for mode in MODES {
+        let bed = TestBed::new();
+        let t1 = bed.add_vxlan("wg1", 101, 51820, Underlay::V4, 1);
+        let t2 = bed.add_vxlan("wg2", 102, 51830, Underlay::V6, 2);
+        let t3 = bed.add_vxlan("wg3", 103, 51840, Underlay::V4, 3);
+        attach(&bed, &t1, mode);
+        attach(&bed, &t2, mode);
+
+        let send = || {
+            let cap = Capture::start(&bed.b, UPLINK);
+            for t in [&t1, &t2, &t3] {
+                send_udp(&bed.a, t.b_addr(false), 9000, 0xb8, 5);
+            }
+            cap.stop()
+        };
+        let frames = send();
+        assert_marked(&from_a(&frames, &t1, IPPROTO_UDP), 5, "wg1");
+        assert_marked(&from_a(&frames, &t2, IPPROTO_UDP), 5, "wg2");
+        assert_unmarked(&from_a(&frames, &t3, IPPROTO_UDP), 5, "wg3, not attached");
+        assert_eq!(
+            status(&bed)["uplinks"][0]["counters"]["marked_by_dscp"]["46"],
+            10,
+            "{mode}"
+        );
+
+        let msg = ok(bed.pdscp(&["detach", "wg1"]));
+        assert!(msg.contains("detached from up0"), "{msg}");
+        let frames = send();
+        assert_unmarked(&from_a(&frames, &t1, IPPROTO_UDP), 5, "wg1 after its detach");
+        assert_marked(&from_a(&frames, &t2, IPPROTO_UDP), 5, "wg2 after wg1's detach");
+        assert_unmarked(&from_a(&frames, &t3, IPPROTO_UDP), 5, "wg3");
+
+        let s = status(&bed);
+        let tunnels = &s["uplinks"][0]["tunnels"];
+        assert_eq!(tunnels.as_array().unwrap().len(), 1, "{s}");
+        assert_eq!(tunnels[0]["name"], "wg2");
+        assert_eq!(tunnels[0]["port"], 51830);
+        assert_eq!(tunnels[0]["attached"], true);
+        assert_eq!(s["uplinks"][0]["mode"], mode);
+    }
+}
+
+/// The id of the TCX link pinned at `path`, or None.
+fn pinned_link_id(path: &std::path::Path) -> Option<u64> {
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "link", "show", "pinned"])
+        .arg(path)
+        .output()
+        .ok()?;
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["id"].as_u64()
+}
+
+fn link_exists(id: u64) -> bool {
+    std::process::Command::new("bpftool")
+        .args(["link", "show", "id", &id.to_string()])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The pdscp filters (by program name) on a device's egress, in tc mode.
+fn pdscp_tc_filters(ns: &Netns, dev: &str) -> usize {
+    ns.sh(&format!("tc filter show dev {dev} egress"))
+        .matches("name pdscp_")
+        .count()
+}
+
+#[test]
+fn detach_after_the_tunnel_device_is_gone() {
+    for mode in MODES {
+        let bed = TestBed::new();
+        let t1 = bed.add_vxlan("wg1", 101, 51820, Underlay::V4, 1);
+        let t2 = bed.add_vxlan("wg2", 102, 51830, Underlay::V4, 2);
+        attach(&bed, &t1, mode);
+        attach(&bed, &t2, mode);
+        let uplink_dir = bed.pin_root.join(UPLINK);
+        let uplink_link = pinned_link_id(&uplink_dir.join("link"));
+        assert_eq!(
+            uplink_link.is_some(),
+            mode == "tcx",
+            "{mode}: uplink link pinned only in tcx mode"
+        );
+
+        bed.a.sh("ip link del wg1");
+        let s = status(&bed);
+        assert_eq!(s["uplinks"][0]["tunnels"][0]["present"], false, "{s}");
+        let msg = ok(bed.pdscp(&["detach", "wg1"]));
+        assert!(msg.contains("detached"), "{msg}");
+        assert!(!uplink_dir.join("tunnels/wg1").exists());
+
+        let cap = Capture::start(&bed.b, UPLINK);
+        send_udp(&bed.a, t2.b_addr(false), 9000, 0xb8, 5);
+        assert_marked(
+            &from_a(&cap.stop(), &t2, IPPROTO_UDP),
+            5,
+            "wg2 after wg1 vanished",
+        );
+
+        // The last tunnel goes: the uplink's attachment and pins go too.
+        bed.a.sh("ip link del wg2");
+        let msg = ok(bed.pdscp(&["detach", "wg2"]));
+        assert!(msg.contains("uplink released"), "{msg}");
+        assert!(!uplink_dir.exists(), "{mode}: uplink pin directory removed");
+        if let Some(id) = uplink_link {
+            assert!(!link_exists(id), "{mode}: the uplink's TCX link is gone");
+        }
+        assert_eq!(
+            pdscp_tc_filters(&bed.a, UPLINK),
+            0,
+            "{mode}: no pdscp filter left on the uplink"
+        );
+        assert_eq!(status(&bed)["uplinks"].as_array().unwrap().len(), 0);
+        // Detaching what is gone succeeds.
+        assert!(ok(bed.pdscp(&["detach", "wg2"])).contains("not attached"));
+    }
+}
+
+/// Other filters on the uplink (after pdscp's, where a TC_ACT_OK verdict
+/// would have skipped them) and on the tunnel keep seeing traffic, and
+/// survive detach with their clsact qdisc.
+#[test]
+fn unrelated_filters_keep_running_and_survive() {
+    for mode in MODES {
+        let bed = TestBed::new();
+        let t = bed.add_vxlan("wg0", 100, 51820, Underlay::V4, 1);
+        tc_filter_add_counter(&bed.a, UPLINK, TcDir::Egress, 40000);
+        tc_filter_add_counter(&bed.a, UPLINK, TcDir::Ingress, 40000);
+        tc_filter_add_counter(&bed.a, "wg0", TcDir::Egress, 40000);
+        attach(&bed, &t, mode);
+
+        let before = tc_filter_packets(&bed.a, UPLINK, TcDir::Egress, 40000);
+        let before_tunnel = tc_filter_packets(&bed.a, "wg0", TcDir::Egress, 40000);
+        let cap = Capture::start(&bed.b, UPLINK);
+        send_udp(&bed.a, t.b_addr(false), 9000, 0xb8, 20);
+        assert_marked(&from_a(&cap.stop(), &t, IPPROTO_UDP), 20, mode);
+        assert!(
+            tc_filter_packets(&bed.a, UPLINK, TcDir::Egress, 40000) >= before + 20,
+            "{mode}: uplink filter ran"
+        );
+        assert!(
+            tc_filter_packets(&bed.a, "wg0", TcDir::Egress, 40000) >= before_tunnel + 20,
+            "{mode}: tunnel filter ran"
+        );
+
+        ok(bed.pdscp(&["detach", "wg0"]));
+        for (dev, dir) in [
+            (UPLINK, TcDir::Egress),
+            (UPLINK, TcDir::Ingress),
+            ("wg0", TcDir::Egress),
+        ] {
+            assert!(
+                tc_filter_exists(&bed.a, dev, dir, 40000),
+                "{mode}: {dev} {dir:?} filter survives detach"
+            );
+        }
+        assert_eq!(
+            pdscp_tc_filters(&bed.a, UPLINK) + pdscp_tc_filters(&bed.a, "wg0"),
+            0,
+            "{mode}"
+        );
+        let before = tc_filter_packets(&bed.a, UPLINK, TcDir::Egress, 40000);
+        send_udp(&bed.a, t.b_addr(false), 9000, 0xb8, 5);
+        assert!(
+            tc_filter_packets(&bed.a, UPLINK, TcDir::Egress, 40000) >= before + 5,
+            "{mode}: still counting"
+        );
+    }
+}
+
+/// Repeats are no-ops, conflicts and bad input are refused with one line,
+/// and none of it disturbs what is attached.
+#[test]
+fn idempotent_attach_and_refusals_leave_state_alone() {
+    let bed = TestBed::new();
+    let t1 = bed.add_vxlan("wg1", 101, 51820, Underlay::V4, 1);
+    bed.add_vxlan("wg2", 102, 51830, Underlay::V4, 2);
+    bed.a
+        .sh("ip link add up1 type veth peer name up1p && ip link set up1 up && ip link set up1p up");
+    attach(&bed, &t1, "auto");
+    let again = attach(&bed, &t1, "auto");
+    assert!(again.contains("already attached"), "{again}");
+    let before = status(&bed);
+
+    let p = |args: &[&str]| bed.pdscp(args);
+    refused(
+        p(&["attach", "wg1", "--uplink", "up1", "--port", "51820"]),
+        "already attached to uplink up0",
+    );
+    refused(
+        p(&["attach", "wg2", "--uplink", UPLINK, "--port", "51820"]),
+        "already used by tunnel wg1",
+    );
+    refused(
+        p(&["attach", "nosuchdev", "--uplink", UPLINK, "--port", "1"]),
+        "no network device named",
+    );
+    refused(
+        p(&["attach", "wg2", "--uplink", "nosuchdev", "--port", "1"]),
+        "no network device named",
+    );
+    refused(p(&["attach", "wg2", "--uplink", UPLINK]), "--port");
+    refused(
+        p(&["attach", "wg2", "--uplink", "wg2", "--any-port"]),
+        "another device",
+    );
+    refused(
+        p(&["attach", "../../x", "--uplink", UPLINK, "--any-port"]),
+        "invalid interface name",
+    );
+    refused(
+        p(&["attach", "wg2", "--uplink", "x23456789012345678", "--any-port"]),
+        "longer than 15 bytes",
+    );
+    refused(p(&["detach", "wg 1"]), "white space");
+    refused(
+        p(&[
+            "attach", "wg2", "--uplink", UPLINK, "--port", "51830", "--mode", "tc",
+        ]),
+        "attached in tcx mode",
+    );
+    let bad_netns = std::process::Command::new(env!("CARGO_BIN_EXE_pdscp"))
+        .arg("--pin-root")
+        .arg(&bed.pin_root)
+        .args(["--netns", "pdscp-no-such-ns", "status"])
+        .output()
+        .unwrap();
+    refused(bad_netns, "no network namespace");
+    assert!(ok(p(&["detach", "wg2"])).contains("not attached"));
+    assert!(ok(p(&["detach", "wg1", "--uplink", "up1"])).contains("not attached"));
+
+    // Counters move with the namespaces' own background traffic; the rest must not.
+    let without_counters = |mut s: Value| {
+        s["uplinks"][0].as_object_mut().unwrap().remove("counters");
+        s
+    };
+    let after = status(&bed);
+    assert_eq!(
+        without_counters(before),
+        without_counters(after),
+        "refused commands changed nothing"
+    );
+    let cap = Capture::start(&bed.b, UPLINK);
+    send_udp(&bed.a, t1.b_addr(false), 9000, 0xb8, 5);
+    assert_marked(
+        &from_a(&cap.stop(), &t1, IPPROTO_UDP),
+        5,
+        "wg1 after the refusals",
+    );
+}
+
+/// `--any-port` matches on the flow hash alone; a tunnel attached with the
+/// wrong port is never rewritten.
+#[test]
+fn any_port_and_wrong_port() {
+    let bed = TestBed::new();
+    let t1 = bed.add_vxlan("wg1", 101, 51820, Underlay::V4, 1);
+    let t2 = bed.add_vxlan("wg2", 102, 51830, Underlay::V6, 2);
+    ok(bed.pdscp(&["attach", "wg1", "--uplink", UPLINK, "--any-port"]));
+    ok(bed.pdscp(&["attach", "wg2", "--uplink", UPLINK, "--port", "4000"]));
+    let cap = Capture::start(&bed.b, UPLINK);
+    send_udp(&bed.a, t1.b_addr(true), 9000, 0xb8, 5);
+    send_udp(&bed.a, t2.b_addr(true), 9000, 0xb8, 5);
+    let frames = cap.stop();
+    assert_marked(&from_a(&frames, &t1, IPPROTO_UDP), 5, "any port");
+    assert_unmarked(&from_a(&frames, &t2, IPPROTO_UDP), 5, "wrong port");
+    let s = status(&bed);
+    let tunnels = s["uplinks"][0]["tunnels"].as_array().unwrap().clone();
+    assert_eq!(tunnels[0]["any_port"], true, "{s}");
+    assert_eq!(tunnels[1]["port"], 4000, "{s}");
+    assert!(
+        s["uplinks"][0]["counters"]["missed"].as_u64().unwrap() >= 5,
+        "{s}"
+    );
+}
+
+/// Default pin root layout and the privacy of the pins.
+#[test]
+fn pins_are_laid_out_and_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let bed = TestBed::new();
+    let t = bed.add_vxlan("wg0", 100, 51820, Underlay::V4, 1);
+    attach(&bed, &t, "tcx");
+    let dir = bed.pin_root.join(UPLINK);
+    for pin in [
+        "flows",
+        "ifaces",
+        "ports",
+        "stats",
+        "reader",
+        "writer",
+        "link",
+        "tunnels/wg0/link",
+    ] {
+        assert!(dir.join(pin).exists(), "{pin} pinned");
+    }
+    for d in [&bed.pin_root, &dir, &dir.join("tunnels")] {
+        let mode = std::fs::metadata(d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{} is private", d.display());
+    }
+    let text = ok(bed.pdscp(&["status"]));
+    assert!(
+        text.contains("uplink up0") && text.contains("wg0") && text.contains("51820"),
+        "{text}"
+    );
+}

@@ -16,6 +16,8 @@ use crate::pins::UplinkPins;
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/preserve-dscp";
 const BPFFS_MOUNT_POINT: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+const HIDDEN_BPFFS: &str = "no bpffs at /sys/fs/bpf here: `ip netns exec` remounts /sys and hides it \
+    (pins made here would vanish); use `pdscp --netns NAME` instead";
 
 /// The pin root, opened and locked for the life of the value.
 pub struct PinRoot {
@@ -44,6 +46,12 @@ impl PinRoot {
     /// create state.
     pub fn open_existing(path: &Path, exclusive: bool) -> Result<Option<PinRoot>> {
         if !path.exists() {
+            if path.starts_with(BPFFS_MOUNT_POINT)
+                && !is_bpffs(Path::new(BPFFS_MOUNT_POINT))?
+                && in_ip_netns_exec()
+            {
+                bail!("{}", HIDDEN_BPFFS);
+            }
             return Ok(None);
         }
         Ok(Some(Self::lock(path, exclusive)?))
@@ -113,11 +121,8 @@ fn ensure_bpffs_for(root: &Path) -> Result<()> {
             root.display()
         );
     }
-    if in_private_mount_namespace() {
-        bail!(
-            "no bpffs at {BPFFS_MOUNT_POINT} in this mount namespace (inside `ip netns exec`?): \
-             pins made here would vanish; use `pdscp --netns NAME` instead"
-        );
+    if in_ip_netns_exec() {
+        bail!("{}", HIDDEN_BPFFS);
     }
     mount(
         Some("bpf"),
@@ -131,13 +136,34 @@ fn ensure_bpffs_for(root: &Path) -> Result<()> {
 }
 
 /// `ip netns exec` runs its command in a new mount namespace with a fresh
-/// /sys; pins made there die with it. PID 1's namespace is the system's.
-fn in_private_mount_namespace() -> bool {
-    match (
-        fs::read_link("/proc/self/ns/mnt"),
-        fs::read_link("/proc/1/ns/mnt"),
-    ) {
-        (Ok(own), Ok(init)) => own != init,
-        _ => false,
+/// /sys, where a bpffs mounted by pdscp (and every pin in it) would vanish
+/// with the command. Its sign: an ancestor process in another mount
+/// namespace sees a different /sys than we do.
+fn in_ip_netns_exec() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(own_ns), Ok(own_sys)) = (fs::read_link("/proc/self/ns/mnt"), fs::metadata("/sys")) else {
+        return false;
+    };
+    let mut pid = std::process::id();
+    for _ in 0..64 {
+        pid = match parent_pid(pid) {
+            Some(ppid) if ppid > 1 => ppid,
+            _ => return false,
+        };
+        let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+        let Ok(ns) = fs::read_link(proc_dir.join("ns/mnt")) else {
+            return false;
+        };
+        if ns == own_ns {
+            continue;
+        }
+        return fs::metadata(proc_dir.join("root/sys")).is_ok_and(|sys| sys.dev() != own_sys.dev());
     }
+    false
+}
+
+fn parent_pid(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid ...": comm may contain spaces and parentheses.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
 }

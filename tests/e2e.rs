@@ -512,3 +512,123 @@ fn pins_are_laid_out_and_private() {
         "{text}"
     );
 }
+
+/// An L3 uplink (no Ethernet header, like PPP or an outer WireGuard): a tun
+/// device in namespace a carries the VXLAN tunnel's outer packets, which
+/// this test reads from the tun file descriptor after the writer ran.
+#[test]
+fn l3_uplink_tun() {
+    use std::io::Read;
+    use std::os::fd::{AsRawFd, FromRawFd};
+
+    let bed = TestBed::new();
+    let tun = bed.a.run_in("open tun0", || {
+        let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+        assert!(fd >= 0, "open /dev/net/tun: {}", std::io::Error::last_os_error());
+        let file = unsafe { std::fs::File::from_raw_fd(fd) };
+        let mut ifr = [0u8; 40];
+        ifr[..4].copy_from_slice(b"tun0");
+        let flags = (libc::IFF_TUN | libc::IFF_NO_PI) as u16;
+        ifr[16..18].copy_from_slice(&flags.to_ne_bytes());
+        let ret = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, ifr.as_mut_ptr()) };
+        assert_eq!(ret, 0, "TUNSETIFF: {}", std::io::Error::last_os_error());
+        file
+    });
+    bed.a
+        .sh("ip addr add 198.20.0.1/30 dev tun0 && ip link set tun0 up
+         ip link add vx0 type vxlan id 7 local 198.20.0.1 remote 198.20.0.2 dstport 4789 srcport 40001 40002
+         ip addr add 198.21.0.1/24 dev vx0 && ip link set vx0 up
+         ip neigh replace 198.21.0.2 lladdr 02:00:00:00:21:02 dev vx0 nud permanent");
+    ok(bed.pdscp(&["attach", "vx0", "--uplink", "tun0", "--port", "40001"]));
+    assert_eq!(status(&bed)["uplinks"][0]["attached"], true);
+
+    // IPv4 (VXLAN outer, rewritten) | UDP 4789 | VXLAN | Ethernet | IPv4 (inner)
+    // Only the test's own flow: inner IPv4 UDP (not the devices' IPv6 chatter).
+    let is_tunnel_packet = |ip: &[u8]| {
+        ip.len() > 20 + 8 + 8 + 14 + 20
+            && ip[0] == 0x45
+            && ip[9] == 17
+            && ip[20..22] == 40001u16.to_be_bytes()
+            && ip[48..50] == [0x08, 0x00]
+            && ip[50 + 9] == 17
+    };
+    // Non-blocking reads with a deadline, so the test cannot hang.
+    let reader = std::thread::spawn(move || {
+        let mut tun = tun;
+        let mut packets = Vec::new();
+        let mut buf = [0u8; 2048];
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        unsafe { libc::fcntl(tun.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+        while packets.len() < 5 && std::time::Instant::now() < deadline {
+            match tun.read(&mut buf) {
+                Ok(n) if is_tunnel_packet(&buf[..n]) => packets.push(buf[..n].to_vec()),
+                Ok(_) => {}
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+            }
+        }
+        packets
+    });
+    send_udp(&bed.a, "198.21.0.2".parse().unwrap(), 9000, 0xb9, 5);
+    let outer = reader.join().unwrap();
+    assert_eq!(outer.len(), 5, "VXLAN packets read from tun0");
+    for ip in outer {
+        assert_eq!(ip[20 + 8 + 8 + 14 + 1], 0xb9, "inner TOS");
+        assert_eq!(ip[1], 0xb9, "outer marked, ECN kept");
+        let sum: u32 = ip[..20]
+            .chunks(2)
+            .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+            .sum();
+        assert_eq!((sum + (sum >> 16)) as u16, 0xffff, "outer header checksum valid");
+    }
+}
+
+/// Without CAP_BPF/CAP_NET_ADMIN pdscp says so in one line and changes nothing.
+#[test]
+fn refuses_without_privileges() {
+    let bed = TestBed::new();
+    let t = bed.add_vxlan("wg0", 100, 51820, Underlay::V4, 1);
+    attach(&bed, &t, "auto");
+    let before = std::fs::read_dir(bed.pin_root.join(UPLINK)).unwrap().count();
+    for args in [&["detach", "wg0"][..], &["status"]] {
+        let out = std::process::Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                env!("CARGO_BIN_EXE_pdscp"),
+            ])
+            .arg("--pin-root")
+            .arg(&bed.pin_root)
+            .args(args)
+            .output()
+            .unwrap();
+        refused(out, "pdscp needs CAP_BPF and CAP_NET_ADMIN");
+    }
+    assert_eq!(
+        std::fs::read_dir(bed.pin_root.join(UPLINK)).unwrap().count(),
+        before
+    );
+    assert_eq!(status(&bed)["uplinks"][0]["tunnels"][0]["attached"], true);
+}
+
+/// `ip netns exec` gives the command a fresh /sys without bpffs: pins made
+/// there would vanish, so pdscp refuses and points to --netns.
+#[test]
+fn refuses_inside_ip_netns_exec() {
+    let bed = TestBed::new();
+    bed.add_vxlan("wg0", 100, 51820, Underlay::V4, 1);
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &bed.a.name, env!("CARGO_BIN_EXE_pdscp")])
+        .args(["attach", "wg0", "--uplink", UPLINK, "--port", "51820"])
+        .output()
+        .unwrap();
+    refused(out, "use `pdscp --netns NAME` instead");
+    for cmd in ["status", "detach wg0"] {
+        let out = bed.a.try_sh(&format!(
+            "ip netns exec {} {} {cmd}",
+            bed.a.name,
+            env!("CARGO_BIN_EXE_pdscp")
+        ));
+        refused(out, "use `pdscp --netns NAME` instead");
+    }
+}

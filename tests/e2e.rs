@@ -337,6 +337,14 @@ fn unrelated_filters_keep_running_and_survive() {
         tc_filter_add_counter(&bed.a, "wg0", TcDir::Egress, 40000);
         attach(&bed, &t, mode);
 
+        // Non-tunnel packets on the uplink (the writer's other exit).
+        let before = tc_filter_packets(&bed.a, UPLINK, TcDir::Egress, 40000);
+        send_udp(&bed.a, B_V4.into(), 9000, 0xb8, 10);
+        assert!(
+            tc_filter_packets(&bed.a, UPLINK, TcDir::Egress, 40000) >= before + 10,
+            "{mode}: not-tunnel"
+        );
+
         let before = tc_filter_packets(&bed.a, UPLINK, TcDir::Egress, 40000);
         let before_tunnel = tc_filter_packets(&bed.a, "wg0", TcDir::Egress, 40000);
         let cap = Capture::start(&bed.b, UPLINK);

@@ -49,7 +49,7 @@ pub struct AttachArgs {
     /// Device the tunnel's encrypted packets leave by
     #[arg(long)]
     pub uplink: String,
-    /// The tunnel's fixed outer UDP source port (WireGuard: its listen port)
+    /// The tunnel's fixed outer UDP source port (default for WireGuard: its listen port)
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..), conflicts_with = "any_port")]
     pub port: Option<u16>,
     /// Match outer packets on the flow hash alone, whatever their UDP source port
@@ -109,13 +109,10 @@ pub fn run() -> Result<()> {
     match &cli.command {
         Command::Attach(args) => {
             let ports = match (args.port, args.any_port) {
-                (Some(p), false) => PortMatch::Port(p),
-                (None, true) => PortMatch::Any,
-                _ => bail!(
-                    "attach {}: give the tunnel's outer UDP source port with --port N \
-                     (WireGuard: its listen port), or --any-port",
-                    args.tunnel
-                ),
+                (Some(p), _) => Some(PortMatch::Port(p)),
+                (None, true) => Some(PortMatch::Any),
+                // WireGuard: read from the device.
+                (None, false) => None,
             };
             let root = bpffs::PinRoot::open(&cli.pin_root, true)?;
             let msg = commands::attach(&root, &args.tunnel, &args.uplink, ports, args.mode, args.map_size)?;

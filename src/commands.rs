@@ -11,17 +11,19 @@ use crate::bpffs::PinRoot;
 use crate::cli::{ModeArg, PortMatch};
 use crate::iface::{self, Iface};
 use crate::pins::{IfaceCfg, Role, Uplink, UplinkPins};
+use crate::wireguard;
 
 pub fn attach(
     root: &PinRoot,
     tunnel_name: &str,
     uplink_name: &str,
-    ports: PortMatch,
+    ports: Option<PortMatch>,
     mode_arg: ModeArg,
     map_size: u32,
 ) -> Result<String> {
     let tunnel = Iface::by_name(tunnel_name)?;
     let uplink_dev = Iface::by_name(uplink_name)?;
+    let ports = tunnel_ports(&tunnel, ports)?;
     let tunnel_ethernet = tunnel.has_ethernet_header()?;
     let uplink_ethernet = uplink_dev.has_ethernet_header()?;
     for other in root.uplinks()? {
@@ -85,6 +87,29 @@ pub fn attach(
     )
     .with_context(|| format!("attaching to {tunnel_name}"))?;
     Ok(format!("{tunnel_name}: attached {what}"))
+}
+
+/// How the tunnel's outer packets are recognised: as asked, or WireGuard's
+/// listen port. Refuses devices whose packets cannot keep their flow hash.
+fn tunnel_ports(tunnel: &Iface, asked: Option<PortMatch>) -> Result<PortMatch> {
+    if iface::driver(&tunnel.name).as_deref() == Some("tun") {
+        bail!(
+            "{} is a TUN device (userspace WireGuard such as wireguard-go or boringtun?): its packets \
+             leave through a UDP socket that keeps no flow hash, so pdscp can never match them; \
+             use the kernel's WireGuard",
+            tunnel.name
+        );
+    }
+    if let Some(ports) = asked {
+        return Ok(ports);
+    }
+    match wireguard::device(&tunnel.name)? {
+        Some(dev) => Ok(PortMatch::Port(wireguard::listen_port(&tunnel.name, &dev)?)),
+        None => bail!(
+            "{} is not a WireGuard device: give its outer UDP source port with --port N, or --any-port",
+            tunnel.name
+        ),
+    }
 }
 
 fn describe(uplink: &str, mode: Mode, ports: PortMatch) -> String {

@@ -105,6 +105,38 @@ pub fn is_present(name: &str, ifindex: u32) -> bool {
     name_of(ifindex).as_deref() == Some(name)
 }
 
+/// The driver behind a device as ethtool names it ("tun", "veth", ...), if
+/// the driver says. WireGuard does not; ask it over netlink instead.
+pub fn driver(name: &str) -> Option<String> {
+    const ETHTOOL_GDRVINFO: u32 = 3;
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        rest: [u8; 32 * 4 + 12 + 4 * 5],
+    }
+    let mut info = DrvInfo {
+        cmd: ETHTOOL_GDRVINFO,
+        driver: [0; 32],
+        rest: [0; 32 * 4 + 12 + 4 * 5],
+    };
+    let sock = control_socket().ok()?;
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    if name.len() >= IFNAMSIZ {
+        return None;
+    }
+    for (dst, src) in ifr.ifr_name.iter_mut().zip(name.as_bytes()) {
+        *dst = *src as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_data = (&mut info as *mut DrvInfo).cast();
+    let ret = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL as _, &mut ifr) };
+    if ret < 0 {
+        return None;
+    }
+    let end = info.driver.iter().position(|b| *b == 0).unwrap_or(32);
+    Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+}
+
 /// Identifies the current network namespace (the inode of its nsfs file;
 /// 32 bits are what the kernel hands out).
 pub fn current_netns() -> Result<u32> {
@@ -185,6 +217,11 @@ mod tests {
         assert!(lo.has_ethernet_header().unwrap());
         assert!(is_present("lo", lo.ifindex));
         assert!(!is_present("not-lo", lo.ifindex));
+    }
+
+    #[test]
+    fn driver_of_loopback_is_unknown_and_of_nothing_none() {
+        assert_eq!(driver("pdscp-nodev"), None);
     }
 
     #[test]

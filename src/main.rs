@@ -15,6 +15,7 @@ mod netns;
 mod pins;
 mod privileges;
 mod status;
+mod wireguard;
 
 mod skel {
     #![allow(clippy::all, dead_code, unused_imports, non_camel_case_types)]

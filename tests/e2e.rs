@@ -415,7 +415,16 @@ fn idempotent_attach_and_refusals_leave_state_alone() {
         p(&["attach", "wg2", "--uplink", "nosuchdev", "--port", "1"]),
         "no network device named",
     );
-    refused(p(&["attach", "wg2", "--uplink", UPLINK]), "--port");
+    refused(
+        p(&["attach", "wg2", "--uplink", UPLINK]),
+        "wg2 is not a WireGuard device: give its outer UDP source port with --port N",
+    );
+    bed.a.sh("ip tuntap add dev tun9 mode tun && ip link set tun9 up");
+    refused(
+        p(&["attach", "tun9", "--uplink", UPLINK, "--port", "51820"]),
+        "TUN device (userspace WireGuard",
+    );
+    refused(p(&["attach", "tun9", "--uplink", UPLINK]), "keeps no flow hash");
     refused(
         p(&["attach", "wg2", "--uplink", "wg2", "--any-port"]),
         "another device",

@@ -46,9 +46,10 @@ pub enum Command {
 pub struct AttachArgs {
     /// Tunnel device (WireGuard, VXLAN, ...) whose inner DSCP is read
     pub tunnel: String,
-    /// Device the tunnel's encrypted packets leave by
+    /// Device the tunnel's outer packets leave by (default: found from the
+    /// routes to the tunnel's peers, using WireGuard's fwmark)
     #[arg(long)]
-    pub uplink: String,
+    pub uplink: Option<String>,
     /// The tunnel's fixed outer UDP source port (default for WireGuard: its listen port)
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..), conflicts_with = "any_port")]
     pub port: Option<u16>,
@@ -115,7 +116,14 @@ pub fn run() -> Result<()> {
                 (None, false) => None,
             };
             let root = bpffs::PinRoot::open(&cli.pin_root, true)?;
-            let msg = commands::attach(&root, &args.tunnel, &args.uplink, ports, args.mode, args.map_size)?;
+            let msg = commands::attach(
+                &root,
+                &args.tunnel,
+                args.uplink.as_deref(),
+                ports,
+                args.mode,
+                args.map_size,
+            )?;
             println!("{msg}");
         }
         Command::Detach(args) => {
@@ -148,12 +156,14 @@ fn validate(cli: &Cli) -> Result<()> {
     match &cli.command {
         Command::Attach(a) => {
             iface::validate_name(&a.tunnel)?;
-            iface::validate_name(&a.uplink)?;
-            if a.tunnel == a.uplink {
-                bail!(
-                    "attach {}: the uplink must be another device than the tunnel",
-                    a.tunnel
-                );
+            if let Some(uplink) = &a.uplink {
+                iface::validate_name(uplink)?;
+                if a.tunnel == *uplink {
+                    bail!(
+                        "attach {}: the uplink must be another device than the tunnel",
+                        a.tunnel
+                    );
+                }
             }
         }
         Command::Detach(d) => {
@@ -184,7 +194,7 @@ mod tests {
         let Command::Attach(a) = cli.command else {
             panic!("not attach")
         };
-        assert_eq!((a.tunnel.as_str(), a.uplink.as_str()), ("wg0", "eth0"));
+        assert_eq!((a.tunnel.as_str(), a.uplink.as_deref()), ("wg0", Some("eth0")));
         assert_eq!(a.port, Some(51820));
         assert_eq!(a.mode, ModeArg::Tc);
         assert_eq!(a.map_size, 16384);
@@ -200,7 +210,7 @@ mod tests {
         assert!(parse(&["attach", "wg0", "--uplink", "eth0", "--port", "0"]).is_err());
         assert!(parse(&["attach", "wg0", "--uplink", "eth0", "--port", "65536"]).is_err());
         assert!(parse(&["attach", "wg0", "--uplink", "eth0", "--mode", "xdp"]).is_err());
-        assert!(parse(&["attach", "wg0"]).is_err(), "--uplink is required");
+        assert!(parse(&["attach"]).is_err(), "a tunnel is required");
     }
 
     #[test]

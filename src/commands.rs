@@ -11,17 +11,25 @@ use crate::bpffs::PinRoot;
 use crate::cli::{ModeArg, PortMatch};
 use crate::iface::{self, Iface};
 use crate::pins::{IfaceCfg, Role, Uplink, UplinkPins};
-use crate::wireguard;
+use crate::{uplink, wireguard};
 
 pub fn attach(
     root: &PinRoot,
     tunnel_name: &str,
-    uplink_name: &str,
+    uplink_name: Option<&str>,
     ports: Option<PortMatch>,
     mode_arg: ModeArg,
     map_size: u32,
 ) -> Result<String> {
     let tunnel = Iface::by_name(tunnel_name)?;
+    let uplink_name = match uplink_name {
+        Some(name) => name.to_string(),
+        None => uplink::discover(&tunnel)?,
+    };
+    let uplink_name = uplink_name.as_str();
+    if uplink_name == tunnel_name {
+        bail!("{tunnel_name}: its packets leave by itself; pass --uplink");
+    }
     let uplink_dev = Iface::by_name(uplink_name)?;
     let ports = tunnel_ports(&tunnel, ports)?;
     let tunnel_ethernet = tunnel.has_ethernet_header()?;

@@ -3,13 +3,15 @@
 use std::net::SocketAddr;
 
 use anyhow::{bail, Context, Result};
-use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
+use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_generic::ctrl::nlas::GenlCtrlAttrs;
 use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
 use netlink_packet_generic::GenlMessage;
 use netlink_packet_wireguard::{WireguardAttribute, WireguardCmd, WireguardMessage, WireguardPeerAttribute};
 use netlink_sys::protocols::NETLINK_GENERIC;
-use netlink_sys::{Socket, SocketAddr as NetlinkAddr};
+use netlink_sys::Socket;
+
+use crate::netlink;
 
 /// What pdscp needs to know of a WireGuard device.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -23,7 +25,7 @@ pub struct Device {
 /// The WireGuard settings of `ifname`, or None if it is not a WireGuard
 /// device (or the kernel has no WireGuard).
 pub fn device(ifname: &str) -> Result<Option<Device>> {
-    let socket = connect()?;
+    let socket = netlink::connect(NETLINK_GENERIC)?;
     let Some(family) = family_id(&socket, "wireguard")? else {
         return Ok(None);
     };
@@ -32,8 +34,9 @@ pub fn device(ifname: &str) -> Result<Option<Device>> {
         attributes: vec![WireguardAttribute::IfName(ifname.to_string())],
     });
     msg.set_resolved_family_id(family);
+    msg.finalize();
     // The kernel serves WG_CMD_GET_DEVICE only as a dump (one message per peer batch).
-    let replies = match request(&socket, msg, NLM_F_REQUEST | NLM_F_DUMP) {
+    let replies = match netlink::request(&socket, msg, NLM_F_REQUEST | NLM_F_DUMP) {
         Ok(r) => r,
         // ENODEV: no device of that name; EOPNOTSUPP: not a WireGuard device.
         Err(errno) if errno == libc::ENODEV || errno == libc::EOPNOTSUPP => return Ok(None),
@@ -64,22 +67,14 @@ pub fn device(ifname: &str) -> Result<Option<Device>> {
     Ok(Some(dev))
 }
 
-fn connect() -> Result<Socket> {
-    let mut socket = Socket::new(NETLINK_GENERIC).context("opening a generic netlink socket")?;
-    socket.bind_auto().context("binding a generic netlink socket")?;
-    socket
-        .connect(&NetlinkAddr::new(0, 0))
-        .context("connecting a generic netlink socket")?;
-    Ok(socket)
-}
-
 /// The id of a generic netlink family, or None if the kernel does not have it.
 fn family_id(socket: &Socket, name: &str) -> Result<Option<u16>> {
-    let msg = GenlMessage::from_payload(GenlCtrl {
+    let mut msg = GenlMessage::from_payload(GenlCtrl {
         cmd: GenlCtrlCmd::GetFamily,
         nlas: vec![GenlCtrlAttrs::FamilyName(name.to_string())],
     });
-    let replies = match request(socket, msg, NLM_F_REQUEST) {
+    msg.finalize();
+    let replies = match netlink::request(socket, msg, NLM_F_REQUEST) {
         Ok(r) => r,
         Err(libc::ENOENT) => return Ok(None),
         Err(errno) => {
@@ -93,52 +88,6 @@ fn family_id(socket: &Socket, name: &str) -> Result<Option<u16>> {
             GenlCtrlAttrs::FamilyId(id) => Some(id),
             _ => None,
         }))
-}
-
-/// Sends one request and collects its replies; Err(errno) for a netlink error.
-fn request<F>(socket: &Socket, mut msg: GenlMessage<F>, flags: u16) -> Result<Vec<GenlMessage<F>>, i32>
-where
-    F: netlink_packet_generic::GenlFamily + std::fmt::Debug + Clone,
-    GenlMessage<F>: netlink_packet_core::NetlinkSerializable + netlink_packet_core::NetlinkDeserializable,
-{
-    msg.finalize();
-    let mut nl = NetlinkMessage::from(msg);
-    nl.header.flags = flags;
-    nl.finalize();
-    let mut tx = vec![0u8; nl.buffer_len()];
-    nl.serialize(&mut tx);
-    socket
-        .send(&tx, 0)
-        .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
-
-    let mut replies = Vec::new();
-    loop {
-        let (rx, _) = socket
-            .recv_from_full()
-            .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
-        let mut offset = 0;
-        while offset < rx.len() {
-            let reply =
-                NetlinkMessage::<GenlMessage<F>>::deserialize(&rx[offset..]).map_err(|_| libc::EBADMSG)?;
-            let len = reply.header.length as usize;
-            match reply.payload {
-                NetlinkPayload::Done(_) => return Ok(replies),
-                NetlinkPayload::Error(e) => match e.code {
-                    Some(code) => return Err(-code.get()),
-                    None => return Ok(replies), // an ACK
-                },
-                NetlinkPayload::InnerMessage(m) => replies.push(m),
-                _ => {}
-            }
-            if flags & NLM_F_DUMP == 0 && !replies.is_empty() {
-                return Ok(replies);
-            }
-            if len == 0 {
-                break;
-            }
-            offset += len;
-        }
-    }
 }
 
 /// The outer UDP source port of a WireGuard device, for attach without --port.

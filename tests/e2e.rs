@@ -649,3 +649,31 @@ fn refuses_inside_ip_netns_exec() {
         refused(out, "use `pdscp --netns NAME` instead");
     }
 }
+
+/// Without --uplink, the uplink is the device of the route to the tunnel's
+/// peer (VXLAN here: its underlay device, else the route to its remote).
+#[test]
+fn attach_finds_the_uplink() {
+    let bed = TestBed::new();
+    let t = bed.add_vxlan("wg0", 100, 51820, Underlay::V6, 1);
+    let msg = ok(bed.pdscp(&["attach", "wg0", "--port", "51820"]));
+    assert!(msg.contains("attached to up0"), "{msg}");
+    bed.a.sh(
+        "ip link add vx9 type vxlan id 9 remote 198.18.0.2 dstport 4790 srcport 40009 40010 && ip link set vx9 up
+         ip link add vx8 type vxlan id 8 remote 198.19.99.2 dstport 4791 srcport 40011 40012 && ip link set vx8 up
+         ip link add vx7 type vxlan id 7 dstport 4792 && ip link set vx7 up",
+    );
+    let msg = ok(bed.pdscp(&["attach", "vx9", "--port", "40009"]));
+    assert!(msg.contains("attached to up0"), "routed: {msg}");
+    refused(
+        bed.pdscp(&["attach", "vx8", "--port", "40011"]),
+        "no route to its peers (198.19.99.2); pass --uplink",
+    );
+    refused(
+        bed.pdscp(&["attach", "vx7", "--port", "40013"]),
+        "cannot tell which device its packets leave by",
+    );
+    let cap = Capture::start(&bed.b, UPLINK);
+    send_udp(&bed.a, t.b_addr(true), 9000, 0xb8, 5);
+    assert_marked(&from_a(&cap.stop(), &t, IPPROTO_UDP), 5, "discovered uplink");
+}

@@ -92,6 +92,10 @@ pub fn tcx_attach(prog: BorrowedFd<'_>, ifindex: u32, role: Role, pin: &Path) ->
     }
     // Dropping the fd before pinning detaches the link again: no half state.
     let link = unsafe { OwnedFd::from_raw_fd(fd) };
+    crate::crash::crash_point(match role {
+        Role::Uplink => "attach:writer-link-created",
+        Role::Tunnel => "attach:reader-link-created",
+    });
     pin_fd(link.as_fd(), pin).map_err(TcxError::Other)
 }
 
@@ -186,6 +190,7 @@ pub fn tc_attach(prog: BorrowedFd<'_>, ifindex: u32, role: Role) -> Result<()> {
     if ret < 0 && -ret != libc::EEXIST {
         return Err(io::Error::from_raw_os_error(-ret)).context("creating the clsact qdisc");
     }
+    crate::crash::crash_point("attach:clsact-ready");
     let mut opts = tc_opts(role, prog.as_raw_fd(), libbpf_sys::BPF_TC_F_REPLACE);
     let ret = unsafe { libbpf_sys::bpf_tc_attach(&hook, &mut opts) };
     if ret < 0 {

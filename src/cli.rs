@@ -40,6 +40,9 @@ pub enum Command {
     Detach(DetachArgs),
     /// Show uplinks, tunnels, attachments and counters
     Status(StatusArgs),
+    /// Repair state: release tunnels whose device is gone or was recreated,
+    /// finish or undo interrupted commands, re-attach to recreated uplinks
+    Gc,
 }
 
 #[derive(clap::Args, Debug)]
@@ -125,6 +128,7 @@ pub fn run() -> Result<()> {
                 args.map_size,
             )?;
             println!("{msg}");
+            journal(&format!("attach {}", args.tunnel));
         }
         Command::Detach(args) => {
             let Some(root) = bpffs::PinRoot::open_existing(&cli.pin_root, true)? else {
@@ -133,6 +137,12 @@ pub fn run() -> Result<()> {
             };
             let msg = commands::detach(&root, &args.tunnel, args.uplink.as_deref())?;
             println!("{msg}");
+            journal(&format!("detach {}", args.tunnel));
+        }
+        Command::Gc => {
+            if let Some(root) = bpffs::PinRoot::open_existing(&cli.pin_root, true)? {
+                println!("{}", commands::gc(&root)?);
+            }
         }
         Command::Status(args) => {
             let report = match bpffs::PinRoot::open_existing(&cli.pin_root, false)? {
@@ -147,6 +157,18 @@ pub fn run() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Test hook: `PDSCP_TEST_JOURNAL=<file>` appends each completed change,
+/// while the lock is still held, so concurrency tests know the order in
+/// which commands took effect.
+fn journal(line: &str) {
+    use std::io::Write;
+    if let Some(path) = std::env::var_os("PDSCP_TEST_JOURNAL") {
+        if let Ok(mut f) = std::fs::OpenOptions::new().append(true).create(true).open(path) {
+            let _ = writeln!(f, "{line}");
+        }
+    }
 }
 
 fn validate(cli: &Cli) -> Result<()> {
@@ -172,7 +194,7 @@ fn validate(cli: &Cli) -> Result<()> {
                 iface::validate_name(u)?;
             }
         }
-        Command::Status(_) => {}
+        Command::Status(_) | Command::Gc => {}
     }
     Ok(())
 }

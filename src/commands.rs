@@ -9,6 +9,7 @@ use libbpf_rs::ProgramHandle;
 use crate::attach::{self, Mode, TcxError};
 use crate::bpffs::PinRoot;
 use crate::cli::{ModeArg, PortMatch};
+use crate::crash::crash_point;
 use crate::iface::{self, Iface};
 use crate::pins::{IfaceCfg, Role, Uplink, UplinkPins};
 use crate::{uplink, wireguard};
@@ -36,6 +37,10 @@ pub fn attach(
     let uplink_ethernet = uplink_dev.has_ethernet_header()?;
     for other in root.uplinks()? {
         if other.name != uplink_name && other.has_tunnel(tunnel_name) {
+            // A stale record (device gone or recreated) does not hold the tunnel.
+            reconcile(&other)?;
+        }
+        if other.name != uplink_name && other.has_tunnel(tunnel_name) {
             bail!(
                 "{tunnel_name} is already attached to uplink {}; detach it first",
                 other.name
@@ -45,9 +50,12 @@ pub fn attach(
 
     let netns = iface::current_netns()?;
     let pins = root.uplink(uplink_name);
+    reconcile(&pins)?;
     let (uplink, reloaded) = pins.ensure(map_size)?;
+    crash_point("attach:pinned");
     uplink.check_netns(uplink_name, netns)?;
     let mode = attach_uplink(&pins, &uplink, &uplink_dev, uplink_ethernet, mode_arg, netns)?;
+    crash_point("attach:uplink-attached");
     if reloaded {
         // New programs were pinned: move devices still running old ones.
         retarget_tunnels(&pins, &uplink, tunnel_name)?;
@@ -85,7 +93,9 @@ pub fn attach(
         PortMatch::Port(p) => uplink.set_port(p, tunnel.ifindex)?,
         PortMatch::Any => uplink.set_port(0, tunnel.ifindex)?,
     }
+    crash_point("attach:tunnel-recorded");
     pins.create_tunnel_dir(tunnel_name)?;
+    crash_point("attach:tunnel-dir-created");
     ensure_attached(
         mode,
         Role::Tunnel,
@@ -320,34 +330,129 @@ pub fn detach(root: &PinRoot, tunnel: &str, only_uplink: Option<&str>) -> Result
     };
     // Broken pins must not block cleaning up what can be cleaned.
     let uplink = pins.open().ok();
-    let recorded = match &uplink {
-        Some(u) => {
-            u.check_netns(&pins.name, iface::current_netns()?)?;
-            u.tunnel_by_name(tunnel)?
-        }
+    if let Some(u) = &uplink {
+        u.check_netns(&pins.name, iface::current_netns()?)?;
+    }
+    release_tunnel(&pins, uplink.as_ref(), tunnel)?;
+    crash_point("detach:tunnel-released");
+    reconcile(&pins)?;
+    if pins.dir.exists() {
+        Ok(format!("{tunnel}: detached from {}", pins.name))
+    } else {
+        Ok(format!(
+            "{tunnel}: detached from {} (its last tunnel; uplink released)",
+            pins.name
+        ))
+    }
+}
+
+/// Stops the reader on a tunnel and forgets it: reader first, so the
+/// device never runs a reader whose entries the writer no longer matches.
+fn release_tunnel(pins: &UplinkPins, uplink: Option<&Uplink>, tunnel: &str) -> Result<()> {
+    let recorded = match uplink {
+        Some(u) => u.tunnel_by_name(tunnel)?,
         None => None,
     };
-
-    // Stop the reader first, then forget the tunnel.
     attach::tcx_detach(&pins.tunnel_link(tunnel))?;
     if let Some((ifindex, _)) = &recorded {
         if iface::is_present(tunnel, *ifindex) {
             attach::tc_detach(*ifindex, Role::Tunnel)?;
         }
     }
-    if let (Some(uplink), Some((ifindex, cfg))) = (&uplink, &recorded) {
+    crash_point("detach:reader-detached");
+    if let (Some(uplink), Some((ifindex, cfg))) = (uplink, &recorded) {
         forget_tunnel(uplink, *ifindex, cfg)?;
     }
-    pins.remove_tunnel_dir(tunnel)?;
+    crash_point("detach:tunnel-forgotten");
+    pins.remove_tunnel_dir(tunnel)
+}
 
-    if !pins.tunnel_names()?.is_empty() {
-        return Ok(format!("{tunnel}: detached from {}", pins.name));
+/// Brings one uplink's state back in line with the kernel, after devices
+/// came and went or a pdscp command was interrupted: tunnels whose device is
+/// gone or was recreated (new ifindex), or whose reader does not run, are
+/// released; registry entries without a tunnel are dropped; the writer is
+/// re-attached to a recreated uplink device; an uplink without tunnels is
+/// released. Returns what it did, one line each.
+pub fn reconcile(pins: &UplinkPins) -> Result<Vec<String>> {
+    let mut done = Vec::new();
+    if !pins.dir.exists() {
+        return Ok(done);
     }
-    detach_uplink(&pins)?;
-    Ok(format!(
-        "{tunnel}: detached from {} (its last tunnel; uplink released)",
-        pins.name
-    ))
+    let uplink = pins.open().ok();
+    if let Some(u) = &uplink {
+        if u.check_netns(&pins.name, iface::current_netns()?).is_err() {
+            return Ok(done); // Another namespace's state: not ours to judge from here.
+        }
+    }
+    for tunnel in pins.tunnel_names()? {
+        let live = match &uplink {
+            Some(u) => match u.tunnel_by_name(&tunnel)? {
+                Some((ifindex, cfg)) => {
+                    iface::is_present(&tunnel, ifindex)
+                        && is_attached(
+                            cfg.mode,
+                            Role::Tunnel,
+                            &u.reader,
+                            ifindex,
+                            &pins.tunnel_link(&tunnel),
+                        )?
+                }
+                None => false,
+            },
+            None => false,
+        };
+        if !live {
+            release_tunnel(pins, uplink.as_ref(), &tunnel)?;
+            done.push(format!(
+                "{tunnel}: released from {} (device gone, recreated or not attached)",
+                pins.name
+            ));
+        }
+    }
+    if let Some(u) = &uplink {
+        let dirs = pins.tunnel_names()?;
+        for (ifindex, cfg) in u.ifaces()? {
+            if cfg.role == Role::Tunnel && !dirs.contains(&cfg.name) {
+                // Left by an attach interrupted before its directory was made.
+                if iface::is_present(&cfg.name, ifindex) {
+                    attach::tc_detach(ifindex, Role::Tunnel)?;
+                }
+                forget_tunnel(u, ifindex, &cfg)?;
+            }
+        }
+    }
+    if pins.tunnel_names()?.is_empty() {
+        detach_uplink(pins)?;
+        done.push(format!("{}: released (no tunnels left)", pins.name));
+        return Ok(done);
+    }
+    if let (Some(u), Ok(dev)) = (&uplink, Iface::by_name(&pins.name)) {
+        if let Some((ifindex, cfg)) = u.uplink_entry()? {
+            if ifindex != dev.ifindex
+                || !is_attached(cfg.mode, Role::Uplink, &u.writer, ifindex, &pins.uplink_link())?
+            {
+                let mode_arg = match cfg.mode {
+                    Mode::Tcx => ModeArg::Tcx,
+                    Mode::Tc => ModeArg::Tc,
+                };
+                attach_uplink(pins, u, &dev, cfg.ethernet, mode_arg, cfg.netns)?;
+                done.push(format!("{}: writer re-attached", pins.name));
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// `pdscp gc`: reconciles every uplink under the pin root.
+pub fn gc(root: &PinRoot) -> Result<String> {
+    let mut done = Vec::new();
+    for pins in root.uplinks()? {
+        done.extend(reconcile(&pins).with_context(|| format!("repairing uplink {}", pins.name))?);
+    }
+    if done.is_empty() {
+        done.push("nothing to repair".to_string());
+    }
+    Ok(done.join("\n"))
 }
 
 /// Stops the writer and removes the uplink's state once no tunnel is left.
@@ -357,5 +462,6 @@ fn detach_uplink(pins: &UplinkPins) -> Result<()> {
         // Removes only a filter in pdscp's own slot, and only if it runs pdscp's program.
         attach::tc_detach(dev.ifindex, Role::Uplink)?;
     }
+    crash_point("detach:writer-detached");
     pins.remove()
 }

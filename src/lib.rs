@@ -10,6 +10,7 @@ pub mod attach;
 pub mod bpffs;
 pub mod cli;
 pub mod commands;
+pub mod crash;
 pub mod iface;
 pub mod netlink;
 pub mod netns;

@@ -24,6 +24,7 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle, MapInfo, ProgramHandle};
 
 use crate::attach::{self, remove_pin, Mode};
 use crate::cli::PortMatch;
+use crate::crash::crash_point;
 use crate::skel::{types, PdscpSkelBuilder};
 
 const MAPS: [&str; 4] = ["flows", "ifaces", "ports", "stats"];
@@ -258,6 +259,7 @@ impl UplinkPins {
             }
         }
         let skel = open.load().context("loading the BPF programs")?;
+        crash_point("attach:loaded");
         for (i, name) in MAPS.iter().enumerate() {
             if reused[i] {
                 continue;
@@ -270,6 +272,7 @@ impl UplinkPins {
             };
             attach::pin_fd(map.as_fd(), &self.pin(name))?;
         }
+        crash_point("attach:maps-pinned");
         for name in PROGS {
             let prog = if name == "reader" {
                 &skel.progs.pdscp_reader
@@ -290,6 +293,7 @@ impl UplinkPins {
         remove_pin(&self.uplink_link())?;
         for name in PROGS.iter().chain(MAPS.iter()) {
             remove_pin(&self.pin(name))?;
+            crash_point("detach:unpinning");
         }
         for dir in [self.tunnels_dir(), self.dir.clone()] {
             match fs::remove_dir(&dir) {

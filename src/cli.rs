@@ -79,8 +79,11 @@ pub struct DetachArgs {
 #[derive(clap::Args, Debug)]
 pub struct StatusArgs {
     /// Machine-readable output
-    #[arg(long)]
+    #[arg(long, conflicts_with = "prometheus")]
     pub json: bool,
+    /// node_exporter textfile-collector format
+    #[arg(long)]
+    pub prometheus: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,6 +154,8 @@ pub fn run() -> Result<()> {
             };
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
+            } else if args.prometheus {
+                print!("{}", report.to_prometheus());
             } else {
                 print!("{}", report.to_text());
             }

@@ -144,6 +144,115 @@ impl Report {
     }
 }
 
+impl Report {
+    /// node_exporter textfile-collector format.
+    pub fn to_prometheus(&self) -> String {
+        let mut out = String::new();
+        let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, u64)>| {
+            let _ = writeln!(out, "# HELP pdscp_{name} {help}\n# TYPE pdscp_{name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "pdscp_{name}{{{labels}}} {value}");
+            }
+        };
+        let per_uplink = |f: &dyn Fn(&UplinkReport) -> u64| -> Vec<(String, u64)> {
+            self.uplinks
+                .iter()
+                .map(|u| (format!("uplink=\"{}\"", escape(&u.name)), f(u)))
+                .collect()
+        };
+        let per_dscp = |f: &dyn Fn(&Counters) -> &BTreeMap<u8, u64>| -> Vec<(String, u64)> {
+            let mut samples = Vec::new();
+            for u in &self.uplinks {
+                for (dscp, n) in f(&u.counters) {
+                    samples.push((format!("uplink=\"{}\",dscp=\"{dscp}\"", escape(&u.name)), *n));
+                }
+            }
+            samples
+        };
+        family(
+            "marked_packets_total",
+            "counter",
+            "Outer packets given a DSCP by the writer.",
+            per_dscp(&|c| &c.marked_by_dscp),
+        );
+        family(
+            "seen_packets_total",
+            "counter",
+            "Inner packets the readers saw, by their DSCP.",
+            per_dscp(&|c| &c.seen_by_dscp),
+        );
+        family(
+            "missed_packets_total",
+            "counter",
+            "Tunnel packets on the uplink with no flow entry.",
+            per_uplink(&|u| u.counters.missed),
+        );
+        family(
+            "not_tunnel_packets_total",
+            "counter",
+            "Uplink packets not from an attached tunnel.",
+            per_uplink(&|u| u.counters.not_tunnel),
+        );
+        family(
+            "flow_inserts_total",
+            "counter",
+            "Flow entries created.",
+            per_uplink(&|u| u.counters.flow_inserts),
+        );
+        family(
+            "flow_updates_total",
+            "counter",
+            "Flows whose mark changed.",
+            per_uplink(&|u| u.counters.flow_updates),
+        );
+        family(
+            "flow_entries",
+            "gauge",
+            "Entries in the flow map.",
+            per_uplink(&|u| u.map_entries as u64),
+        );
+        family(
+            "flow_capacity",
+            "gauge",
+            "Size of the flow map.",
+            per_uplink(&|u| u.map_size as u64),
+        );
+        family(
+            "uplink_attached",
+            "gauge",
+            "1 if the writer runs on the uplink.",
+            per_uplink(&|u| u.attached as u64),
+        );
+        let tunnels = self
+            .uplinks
+            .iter()
+            .flat_map(|u| {
+                u.tunnels.iter().map(move |t| {
+                    (
+                        format!("uplink=\"{}\",tunnel=\"{}\"", escape(&u.name), escape(&t.name)),
+                        t.attached as u64,
+                    )
+                })
+            })
+            .collect();
+        family(
+            "tunnel_attached",
+            "gauge",
+            "1 if the reader runs on the tunnel.",
+            tunnels,
+        );
+        out
+    }
+}
+
+/// Label value escaping of the Prometheus text format.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 pub fn collect(root: &PinRoot) -> Result<Report> {
     let mut report = Report::empty(&root.path);
     let netns = iface::current_netns()?;
@@ -256,6 +365,61 @@ fn counters(raw: &[u64]) -> Counters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prometheus_text_format() {
+        let mut counters = Counters::default();
+        counters.marked_by_dscp.insert(46, 5);
+        counters.missed = 2;
+        let report = Report {
+            pin_root: "/sys/fs/bpf/preserve-dscp".into(),
+            uplinks: vec![UplinkReport {
+                name: "eth\"0".into(),
+                ifindex: Some(2),
+                mode: Some(Mode::Tcx),
+                netns: Some(1),
+                other_netns: false,
+                present: true,
+                attached: true,
+                map_entries: 3,
+                map_size: 16384,
+                counters,
+                tunnels: vec![TunnelReport {
+                    name: "wg0".into(),
+                    ifindex: Some(3),
+                    port: Some(51820),
+                    any_port: false,
+                    present: true,
+                    attached: true,
+                }],
+                error: None,
+            }],
+        };
+        let text = report.to_prometheus();
+        assert!(
+            text.contains("# TYPE pdscp_marked_packets_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pdscp_marked_packets_total{uplink=\"eth\\\"0\",dscp=\"46\"} 5\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pdscp_missed_packets_total{uplink=\"eth\\\"0\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pdscp_tunnel_attached{uplink=\"eth\\\"0\",tunnel=\"wg0\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pdscp_flow_capacity{uplink=\"eth\\\"0\"} 16384\n"),
+            "{text}"
+        );
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.starts_with("pdscp_") && line.contains("} "), "{line}");
+        }
+    }
 
     #[test]
     fn counters_sum_per_dscp() {

@@ -677,3 +677,32 @@ fn attach_finds_the_uplink() {
     send_udp(&bed.a, t.b_addr(true), 9000, 0xb8, 5);
     assert_marked(&from_a(&cap.stop(), &t, IPPROTO_UDP), 5, "discovered uplink");
 }
+
+/// Counters report exactly what was sent, in JSON and in Prometheus format.
+#[test]
+fn counters_count_exactly() {
+    let bed = TestBed::new();
+    let t = bed.add_vxlan("wg0", 100, 51820, Underlay::V4, 1);
+    attach(&bed, &t, "auto");
+    send_udp(&bed.a, t.b_addr(false), 9000, 0xb8, 7);
+    send_udp(&bed.a, t.b_addr(true), 9001, 0x28, 5);
+    send_udp(&bed.a, t.b_addr(false), 9002, 0x00, 3);
+    let s = status(&bed);
+    let c = &s["uplinks"][0]["counters"];
+    assert_eq!(c["marked_by_dscp"], serde_json::json!({"46": 7, "10": 5}), "{s}");
+    assert_eq!(c["seen_by_dscp"]["46"], 7, "{s}");
+    assert_eq!(c["seen_by_dscp"]["10"], 5, "{s}");
+    assert!(c["seen_by_dscp"]["0"].as_u64().unwrap() >= 3, "{s}");
+    assert_eq!(c["flow_inserts"], 2, "{s}");
+    assert_eq!(s["uplinks"][0]["map_entries"], 2, "{s}");
+    let prom = ok(bed.pdscp(&["status", "--prometheus"]));
+    for line in [
+        "pdscp_marked_packets_total{uplink=\"up0\",dscp=\"46\"} 7",
+        "pdscp_marked_packets_total{uplink=\"up0\",dscp=\"10\"} 5",
+        "pdscp_flow_inserts_total{uplink=\"up0\"} 2",
+        "pdscp_tunnel_attached{uplink=\"up0\",tunnel=\"wg0\"} 1",
+        "pdscp_uplink_attached{uplink=\"up0\"} 1",
+    ] {
+        assert!(prom.lines().any(|l| l == line), "missing {line:?} in\n{prom}");
+    }
+}

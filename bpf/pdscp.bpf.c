@@ -155,6 +155,9 @@ int pdscp_reader(struct __sk_buff *skb)
 	count(STAT_READER_SEEN + (dscp & 63));
 
 	key.hash = bpf_get_hash_recalc(skb);
+	/* No hash (nothing to dissect): nothing the writer could match. */
+	if (!key.hash)
+		return TC_ACT_UNSPEC;
 	/* Marks the hash as an L4 hash: iptunnel_xmit() clears any other hash,
 	 * which would cost ICMP and other port-less flows their mark. */
 	bpf_set_hash(skb, key.hash);
@@ -252,8 +255,9 @@ int pdscp_writer(struct __sk_buff *skb)
 		if (!bpf_map_lookup_elem(&ports, &any))
 			goto not_tunnel;
 	}
+	/* Hash 0 never has an entry (the reader stores none), so it misses. */
 	key.hash = skb->hash;
-	dscp = key.hash ? bpf_map_lookup_elem(&flows, &key) : 0;
+	dscp = bpf_map_lookup_elem(&flows, &key);
 	if (!dscp) {
 		count(STAT_WRITER_MISS);
 		return TC_ACT_UNSPEC;

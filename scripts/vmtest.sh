@@ -1,0 +1,458 @@
+#!/usr/bin/env bash
+# vmtest.sh - run a host command inside one of Debian's stock kernels under QEMU.
+#
+# Usage:
+#   scripts/vmtest.sh [--kernel 6.1|6.12] [--cache DIR] [--mem MB] [--timeout SEC]
+#                     [--env NAME[=VALUE]]... [--verbose] -- COMMAND [ARGS...]
+#   scripts/vmtest.sh --kernel 6.1 --fetch-only     # only download/unpack the kernel
+#
+# Why: the host kernel has no WireGuard, and pdscp must be tested on 6.1 (tc clsact,
+# no TCX) and 6.12 (TCX). Debian's own kernels give us both, with real modules.
+#
+# How:
+#   1. `apt-get download` the newest linux-image-<6.1|6.12>-amd64-unsigned package
+#      (6.1 from bookworm/-security; 6.12 from bookworm-security or, if absent there,
+#      bookworm-backports, which is added to the apt sources if needed), `dpkg -x` it
+#      into the cache dir (never the host's /boot or /lib/modules) and `depmod -b` it.
+#   2. Build a tiny per-run initramfs: static busybox, the handful of (decompressed)
+#      modules needed to reach the host filesystem (virtio, 9p, overlay), an /init
+#      script and the command to run.
+#   3. Boot the kernel with QEMU TCG (no usable KVM here). /init mounts the HOST root
+#      read-only over 9p, puts a tmpfs overlay on top (the guest may write anywhere;
+#      nothing reaches the host), binds the guest kernel's module tree over
+#      /lib/modules/<ver>, mounts proc/sys/dev/bpffs/cgroup2/run, chroots into it and
+#      runs COMMAND (with bash, PATH set, stdin /dev/null) in the host's current
+#      directory. Inside, `modprobe` and module autoloading work as on a normal system.
+#   4. COMMAND's stdout/stderr travel on their own serial ports (ttyS1/ttyS2), so no
+#      kernel log is mixed into them; the kernel console (ttyS0) goes to a log file,
+#      which also carries the command's exit status back. The script exits with
+#      COMMAND's exit status, 124 on time-out (the time-out counts from boot),
+#      130 if interrupted, 125 if the VM failed before/while running the command.
+#
+# The guest sees the host's files as they are; writes inside the guest are discarded.
+# The guest environment is clean: pass variables with --env NAME (host value) or
+# --env NAME=VALUE. --verbose prints the whole kernel log (stderr) after the run.
+# Must run as root (apt, mknod for the initramfs).
+
+set -euo pipefail
+
+readonly SELF=${0##*/}
+readonly STD_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+# Modules /init must load before it can see the host root; the rest are loaded
+# on demand inside the guest by the host's own modprobe.
+readonly BOOT_MODULES=(virtio_pci 9pnet_virtio 9p overlay virtio_rng)
+readonly HOST_PACKAGES=(qemu-system-x86 busybox-static kmod xz-utils zstd cpio
+                        wireguard-tools iproute2 iputils-ping)
+readonly EXIT_TIMEOUT=124 EXIT_VM_FAILED=125
+
+KERNEL_SERIES=6.12
+CACHE_DIR=${XDG_CACHE_HOME:-/var/cache}/pdscp-vmtest
+MEM_MB=1024
+TIMEOUT_SEC=600
+FETCH_ONLY=0
+VERBOSE=0
+GUEST_ENV=()
+COMMAND=()
+INTERRUPTED=0
+VM_STATUS=0
+
+# Filled in by prepare_kernel.
+KVER=""
+KROOT=""
+
+log() { printf '%s: %s\n' "$SELF" "$*" >&2; }
+die() { log "error: $*"; exit "$EXIT_VM_FAILED"; }
+
+usage() {
+    sed -n '4,7p' "$0" | sed 's/^# \{0,1\}//'
+    exit 0
+}
+
+usage_error() {
+    log "$*"
+    sed -n '4,7p' "$0" | sed 's/^# \{0,1\}//' >&2
+    exit 2
+}
+
+parse_args() {
+    while (($#)); do
+        case $1 in
+            --kernel) KERNEL_SERIES=${2:?--kernel needs 6.1 or 6.12}; shift 2 ;;
+            --cache) CACHE_DIR=${2:?--cache needs a directory}; shift 2 ;;
+            --mem) MEM_MB=${2:?--mem needs MB}; shift 2 ;;
+            --timeout) TIMEOUT_SEC=${2:?--timeout needs seconds}; shift 2 ;;
+            --env) GUEST_ENV+=("${2:?--env needs NAME or NAME=VALUE}"); shift 2 ;;
+            --fetch-only) FETCH_ONLY=1; shift ;;
+            --verbose) VERBOSE=1; shift ;;
+            -h|--help) usage ;;
+            --) shift; COMMAND=("$@"); break ;;
+            *) usage_error "unknown argument: $1" ;;
+        esac
+    done
+    case $KERNEL_SERIES in 6.1|6.12) ;; *) usage_error "--kernel must be 6.1 or 6.12" ;; esac
+    [[ $MEM_MB =~ ^[0-9]+$ ]] || usage_error "--mem must be a number of MB"
+    [[ $TIMEOUT_SEC =~ ^[1-9][0-9]*$ ]] || usage_error "--timeout must be a number of seconds"
+    ((FETCH_ONLY || ${#COMMAND[@]})) || usage_error "no COMMAND given"
+    ((EUID == 0)) || die "must run as root"
+    # The guest finds the module tree through the host path: it must be absolute.
+    CACHE_DIR=$(realpath -m -- "$CACHE_DIR")
+}
+
+apt_get() {
+    # Wait for the dpkg lock rather than fail: other tools may be using apt too.
+    DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout=600 \
+        -o APT::Sandbox::User=root "$@"
+}
+
+# Install what this script (and the tests run inside the guest) need, only if missing.
+ensure_host_packages() {
+    local pkg missing=()
+    for pkg in "${HOST_PACKAGES[@]}"; do
+        if [[ $(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null) != installed ]]; then
+            missing+=("$pkg")
+        fi
+    done
+    ((${#missing[@]})) || return 0
+    log "installing missing host packages: ${missing[*]}"
+    # --no-install-recommends matters: wireguard-tools recommends a linux-image
+    # (via wireguard-modules), which would otherwise land in the host's /boot.
+    apt_get install -y --no-install-recommends "${missing[@]}" >&2 ||
+        { apt_get update >&2 && apt_get install -y --no-install-recommends "${missing[@]}" >&2; } ||
+        die "could not install: ${missing[*]}"
+}
+
+# Regex for the plain amd64 flavour (not -cloud-, not -rt-) of the chosen series.
+package_regex() {
+    case $KERNEL_SERIES in
+        6.1) echo '^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$' ;;
+        6.12) echo '^linux-image-6\.12\.[0-9]+[^-]*-amd64-unsigned$' ;;
+    esac
+}
+
+# Print the newest installable package name of the series, or nothing.
+newest_kernel_package() {
+    # One apt-cache call with a regex (apt matches names against it). Old ABIs may be
+    # listed without a candidate version; skip those.
+    apt-cache policy "$(package_regex)" 2>/dev/null | awk '
+        /^[^ ].*:$/ { pkg = substr($0, 1, length($0) - 1) }
+        /^  Candidate:/ && $2 != "(none)" { print pkg }' | sort -V | tail -n1
+}
+
+apt_sources_have_suite() {
+    grep -rqsE "(^|[[:space:]])$1([[:space:]]|$)" /etc/apt/sources.list /etc/apt/sources.list.d/
+}
+
+# 6.12 for bookworm lives in bookworm-security nowadays, earlier in bookworm-backports.
+add_backports_source() {
+    apt_sources_have_suite bookworm-backports && return 0
+    log "adding bookworm-backports to the apt sources"
+    cat >/etc/apt/sources.list.d/pdscp-vmtest-bookworm-backports.sources <<'EOF'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+}
+
+# Newest cached kernel of the series, used only when apt can tell us nothing.
+newest_cached_kver() {
+    local d
+    for d in "$CACHE_DIR"/kernels/*/.complete; do
+        [[ -e $d ]] || continue
+        d=${d%/.complete}; d=${d##*/}
+        [[ linux-image-$d-unsigned =~ $(package_regex) ]] && echo "$d"
+    done | sort -V | tail -n1
+}
+
+resolve_kernel_package() {
+    local pkg
+    pkg=$(newest_kernel_package)
+    if [[ -z $pkg ]]; then
+        log "no $KERNEL_SERIES kernel in the apt lists; running apt-get update"
+        apt_get update >&2 || log "apt-get update failed"
+        pkg=$(newest_kernel_package)
+    fi
+    if [[ -z $pkg && $KERNEL_SERIES == 6.12 ]] && ! apt_sources_have_suite bookworm-backports; then
+        add_backports_source
+        apt_get update >&2 || log "apt-get update failed"
+        pkg=$(newest_kernel_package)
+    fi
+    echo "$pkg"
+}
+
+# Download and unpack the kernel package into the cache (once), then depmod it.
+# Sets KVER and KROOT.
+prepare_kernel() {
+    local pkg kdir tmp deb lock_fd
+    pkg=$(resolve_kernel_package)
+    if [[ -z $pkg ]]; then
+        KVER=$(newest_cached_kver)
+        [[ -n $KVER ]] || die "cannot find a linux-image package for $KERNEL_SERIES"
+        log "apt found no $KERNEL_SERIES kernel; using cached $KVER"
+    else
+        KVER=${pkg#linux-image-}; KVER=${KVER%-unsigned}
+    fi
+    kdir=$CACHE_DIR/kernels/$KVER
+    KROOT=$kdir/root
+    [[ -e $kdir/.complete ]] && return 0
+
+    mkdir -p "$CACHE_DIR/kernels"
+    # Serialise concurrent runs that unpack the same kernel.
+    exec {lock_fd}>"$CACHE_DIR/.lock"
+    flock "$lock_fd"
+    if [[ ! -e $kdir/.complete ]]; then
+        log "fetching $pkg"
+        tmp=$(mktemp -d "$CACHE_DIR/kernels/.fetch.XXXXXX")
+        # A stale apt list may name a version the mirror dropped: update and retry.
+        (cd "$tmp" && apt_get download "$pkg" >&2) ||
+            { apt_get update >&2 && (cd "$tmp" && apt_get download "$pkg" >&2); } ||
+            { rm -rf "$tmp"; die "apt-get download $pkg failed"; }
+        deb=$(echo "$tmp"/*.deb)
+        mkdir "$tmp/root"
+        dpkg -x "$deb" "$tmp/root"
+        rm -f "$deb"  # the unpacked tree is the cache; the .deb is not needed again
+        [[ -f $tmp/root/boot/vmlinuz-$KVER && -d $tmp/root/lib/modules/$KVER ]] ||
+            { rm -rf "$tmp"; die "$pkg does not contain vmlinuz-$KVER and its modules"; }
+        depmod -b "$tmp/root" "$KVER"
+        touch "$tmp/.complete"
+        rm -rf "$kdir"
+        mv "$tmp" "$kdir"
+    fi
+    flock -u "$lock_fd"
+    exec {lock_fd}>&-
+}
+
+# Stage 1, the initramfs's /init (busybox sh): load the boot modules, assemble the
+# guest root (9p host root + tmpfs overlay + API filesystems) and switch into it.
+write_guest_init() {
+    cat >"$1" <<'INIT'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+exec </dev/null >/dev/ttyS0 2>&1
+
+fail() {
+    echo "vmtest-init: FATAL: $*"
+    echo "PDSCP_VMTEST_EXIT=125"
+    poweroff -f
+}
+
+. /vmtest/config   # KVER MODDIR
+for m in $(cat /vmtest/modules); do
+    insmod "/modules/$m" || fail "insmod $m"
+done
+
+R=/mnt/root
+mkdir -p /mnt/host /mnt/rw $R
+# cache=loose: the export is read-only and short-lived, and caching makes exec over 9p
+# much faster under TCG.
+mount -t 9p -o ro,trans=virtio,version=9p2000.L,msize=512000,cache=loose hostroot /mnt/host ||
+    fail "mount host root over 9p"
+mount -t tmpfs -o mode=0755 rw /mnt/rw
+mkdir /mnt/rw/upper /mnt/rw/work
+mount -t overlay -o lowerdir=/mnt/host,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work overlay $R ||
+    fail "mount overlay"
+
+mount -t proc proc $R/proc
+mount -t sysfs sysfs $R/sys
+mount -t devtmpfs devtmpfs $R/dev
+mkdir -p $R/dev/pts $R/dev/shm
+mount -t devpts -o newinstance,ptmxmode=0666 devpts $R/dev/pts
+mount -t tmpfs tmpfs $R/dev/shm
+mount -t tmpfs -o mode=0755 tmpfs $R/run
+mount -t bpf -o mode=0700 bpf $R/sys/fs/bpf || fail "mount bpffs"
+mount -t cgroup2 cgroup2 $R/sys/fs/cgroup 2>/dev/null
+mount -t tracefs tracefs $R/sys/kernel/tracing 2>/dev/null
+mount -t debugfs debugfs $R/sys/kernel/debug 2>/dev/null
+# The guest kernel's own modules (depmod'ed on the host), so modprobe works inside.
+mkdir -p "$R/lib/modules/$KVER"
+mount --bind "$R$MODDIR" "$R/lib/modules/$KVER" || fail "bind $MODDIR"
+
+# Stage 2 runs from the new root's /run with its own busybox.
+mkdir -p $R/run/vmtest/bin
+cp /bin/busybox /vmtest/stage2 /vmtest/cmd $R/run/vmtest/
+# PID 1 itself must chroot (not a child): kernel threads share its root, and the
+# kernel runs /sbin/modprobe for module autoloading (e.g. "ip link add type veth")
+# relative to that root.
+exec chroot $R /run/vmtest/busybox sh /run/vmtest/stage2
+INIT
+    chmod 755 "$1"
+}
+
+# Stage 2, PID 1 inside the guest root (busybox sh): run COMMAND with its output on
+# ttyS1/ttyS2, report its status on the console, power off.
+write_guest_stage2() {
+    cat >"$1" <<'STAGE2'
+/run/vmtest/busybox --install -s /run/vmtest/bin
+export PATH=/run/vmtest/bin
+hostname vmtest
+ip link set lo up
+# Open the output ports once and keep them open: reopening a serial tty while an
+# earlier close is still in progress can fail. ("command" keeps a failed redirection
+# from killing this shell, which is PID 1.)
+for try in 1 2 3 4 5 6 7 8 9 10; do
+    command exec 3>/dev/ttyS1 4>/dev/ttyS2 && break
+    sleep 0.2
+done
+if ! { true >&3 && true >&4; } 2>/dev/null; then
+    echo "vmtest-init: FATAL: cannot open the output ports /dev/ttyS1 /dev/ttyS2"
+    echo "PDSCP_VMTEST_EXIT=125"
+    poweroff -f
+fi
+stty raw -echo <&3  # no \n -> \r\n translation
+stty raw -echo <&4
+echo "vmtest-init: command starts at uptime $(cut -d' ' -f1 /proc/uptime) s"
+env -i /bin/bash --noprofile --norc /run/vmtest/cmd </dev/null >&3 2>&4 3>&- 4>&-
+rc=$?
+echo "vmtest-init: command ended at uptime $(cut -d' ' -f1 /proc/uptime) s (status $rc)"
+kill -9 -1 2>/dev/null  # leftovers must not hold the output ports open
+sleep 0.2
+echo "PDSCP_VMTEST_EXIT=$rc"
+# Closing the last fd of a tty waits until its output has been sent.
+exec 3>&- 4>&-
+sync
+poweroff -f
+STAGE2
+}
+
+# Bash script run inside the chroot: environment, cwd, then exec COMMAND.
+write_guest_command() {
+    local out=$1 path="$STD_PATH" dir var
+    # The standard dirs first, then the host's own PATH entries (e.g. ~/.cargo/bin).
+    local -a host_path
+    IFS=: read -r -a host_path <<<"${PATH:-}"
+    for dir in "${host_path[@]}"; do
+        [[ -n $dir && :$path: != *:"$dir":* ]] && path+=:$dir
+    done
+    {
+        printf 'export PATH=%q HOME=/root USER=root LOGNAME=root TERM=dumb LANG=C.UTF-8\n' "$path"
+        for var in "${GUEST_ENV[@]}"; do
+            if [[ $var == *=* ]]; then
+                printf 'export %s=%q\n' "${var%%=*}" "${var#*=}"
+            elif [[ -v $var ]]; then
+                printf 'export %s=%q\n' "$var" "${!var}"
+            fi
+        done
+        printf 'cd -- %q || exit 125\n' "$PWD"
+        printf 'exec'; printf ' %q' "${COMMAND[@]}"; printf '\n'
+    } >"$out"
+}
+
+# Static busybox + boot modules (decompressed: busybox insmod can't read .ko.xz)
+# + /init + per-run config, as an uncompressed newc cpio (fastest for the kernel).
+build_initramfs() {
+    local out=$1 stage=$2 line ko name
+    mkdir -p "$stage"/{bin,dev,proc,sys,mnt,modules,vmtest}
+    cp /bin/busybox "$stage/bin/busybox"
+    mknod -m 600 "$stage/dev/console" c 5 1
+    : >"$stage/vmtest/modules"
+    # modprobe --show-depends prints "insmod PATH" in load order ("builtin X" if built in).
+    while read -r line; do
+        [[ $line == insmod\ * ]] || continue
+        ko=${line#insmod }; ko=${ko%% *}
+        name=${ko##*/}; name=${name%.xz}; name=${name%.zst}
+        [[ -e $stage/modules/$name ]] && continue
+        case $ko in
+            *.xz) xz -dc "$ko" >"$stage/modules/$name" ;;
+            *.zst) zstd -qdc "$ko" >"$stage/modules/$name" ;;
+            *) cp "$ko" "$stage/modules/$name" ;;
+        esac
+        echo "$name" >>"$stage/vmtest/modules"
+    done < <(for m in "${BOOT_MODULES[@]}"; do
+                 modprobe --show-depends -d "$KROOT" -S "$KVER" "$m"
+             done)
+    write_guest_init "$stage/init"
+    write_guest_stage2 "$stage/vmtest/stage2"
+    printf 'KVER=%q\nMODDIR=%q\n' "$KVER" "$KROOT/lib/modules/$KVER" >"$stage/vmtest/config"
+    write_guest_command "$stage/vmtest/cmd"
+    (cd "$stage" && find . | cpio -o -H newc --quiet) >"$out"
+}
+
+# Boot the VM and stream the command's output; sets VM_STATUS (qemu/timeout status).
+run_vm() {
+    local run=$1 out_pid err_pid out_hold err_hold
+    mkfifo "$run"/{out,err}.{in,out}
+    # qemu's pipe chardev writes to PATH.out. cat blocks opening the fifo until a
+    # writer exists; holding a write end ourselves avoids a hang if qemu never starts,
+    # and dropping it after qemu exits gives cat its EOF.
+    cat "$run/out.out" &
+    out_pid=$!
+    cat "$run/err.out" >&2 &
+    err_pid=$!
+    exec {out_hold}<>"$run/out.out" {err_hold}<>"$run/err.out"
+
+    # shellcheck disable=SC2054 # the commas are QEMU option syntax
+    local -a qemu=(
+        qemu-system-x86_64
+        # No usable KVM here (nested /dev/kvm aborts with -cpu host): TCG.
+        -accel tcg,thread=multi -cpu max -smp 2 -m "$MEM_MB"
+        # Like -nographic, but without putting the monitor on our stdin/stdout.
+        -nodefaults -no-user-config -display none -no-reboot
+        -kernel "$KROOT/boot/vmlinuz-$KVER" -initrd "$run/initramfs.cpio"
+        -append "console=ttyS0 quiet loglevel=$((VERBOSE ? 7 : 1)) panic=-1 mitigations=off 8250.nr_uarts=4"
+        -serial "file:$run/console.log"  # ttyS0: kernel log + exit status
+        -serial "pipe:$run/out"          # ttyS1: COMMAND's stdout
+        -serial "pipe:$run/err"          # ttyS2: COMMAND's stderr
+        -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap
+        -device virtio-rng-pci           # so getrandom() (wg genkey) never waits
+    )
+    # timeout(1) runs qemu in its own process group, so a Ctrl-C at the terminal does
+    # not reach qemu: forward INT/TERM ourselves (timeout passes them on to qemu).
+    timeout --kill-after=10 "$TIMEOUT_SEC" "${qemu[@]}" </dev/null &
+    local vm_pid=$!
+    trap 'INTERRUPTED=1; kill -TERM "$vm_pid" 2>/dev/null' INT TERM
+    while :; do  # a trapped signal interrupts wait; wait again until qemu is gone
+        VM_STATUS=0
+        wait "$vm_pid" || VM_STATUS=$?
+        kill -0 "$vm_pid" 2>/dev/null || break
+    done
+    trap - INT TERM
+    exec {out_hold}>&- {err_hold}>&-
+    wait "$out_pid" "$err_pid" || true
+}
+
+main() {
+    parse_args "$@"
+    ensure_host_packages
+    prepare_kernel
+    if ((FETCH_ONLY)); then
+        log "kernel $KVER ready in $KROOT"
+        return 0
+    fi
+
+    local run start status
+    run=$(mktemp -d "${TMPDIR:-/tmp}/pdscp-vmtest.XXXXXX")
+    # shellcheck disable=SC2064 # expand $run now
+    trap "rm -rf '$run'" EXIT
+    build_initramfs "$run/initramfs.cpio" "$run/initramfs"
+    log "booting Debian kernel $KVER under QEMU (TCG)"
+    start=$SECONDS
+    run_vm "$run"
+
+    if ((VERBOSE)); then
+        log "---- guest console ----"
+        cat "$run/console.log" >&2
+        log "---- qemu wall time: $((SECONDS - start)) s ----"
+    fi
+    if ((INTERRUPTED)); then
+        log "interrupted; qemu was stopped"
+        exit 130
+    fi
+    if ((VM_STATUS == 124 || VM_STATUS == 137)); then
+        log "error: time-out: COMMAND did not finish within ${TIMEOUT_SEC} s; qemu was killed"
+        exit "$EXIT_TIMEOUT"
+    fi
+    status=$(grep -ao 'PDSCP_VMTEST_EXIT=[0-9]*' "$run/console.log" 2>/dev/null | tail -n1 | cut -d= -f2) || true
+    if [[ -z $status ]]; then
+        log "error: the VM stopped (qemu status $VM_STATUS) without reporting COMMAND's exit status (rerun with --verbose for the whole kernel log); console tail:"
+        tail -n 40 "$run/console.log" >&2 2>/dev/null || true
+        exit "$EXIT_VM_FAILED"
+    fi
+    exit "$status"
+}
+
+main "$@"

@@ -43,6 +43,17 @@ pub enum Command {
     /// Repair state: release tunnels whose device is gone or was recreated,
     /// finish or undo interrupted commands, re-attach to recreated uplinks
     Gc,
+    /// Write the man page or shell completions to stdout (for packaging)
+    #[command(hide = true, subcommand)]
+    Generate(Generate),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Generate {
+    /// pdscp(8) in roff
+    Man,
+    /// Completions for a shell
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(clap::Args, Debug)]
@@ -101,7 +112,21 @@ pub enum PortMatch {
 }
 
 pub fn run() -> Result<()> {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Usage errors in one line like every other error (hooks log them to
+        // syslog); --help and --version print as usual.
+        Err(e) if e.use_stderr() => {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or_default();
+            eprintln!("pdscp: {}", first.trim_start_matches("error: "));
+            std::process::exit(2);
+        }
+        Err(e) => e.exit(),
+    };
+    if let Command::Generate(what) = &cli.command {
+        return generate(what);
+    }
     // libbpf's own messages (e.g. "Exclusivity flag on" when clsact exists)
     // are noise for operators; PDSCP_DEBUG=1 shows them.
     if std::env::var_os("PDSCP_DEBUG").is_none() {
@@ -142,6 +167,7 @@ pub fn run() -> Result<()> {
             println!("{msg}");
             journal(&format!("detach {}", args.tunnel));
         }
+        Command::Generate(_) => {}
         Command::Gc => {
             if let Some(root) = bpffs::PinRoot::open_existing(&cli.pin_root, true)? {
                 println!("{}", commands::gc(&root)?);
@@ -160,6 +186,18 @@ pub fn run() -> Result<()> {
                 print!("{}", report.to_text());
             }
         }
+    }
+    Ok(())
+}
+
+/// Man page and completions come from the same definitions as --help.
+fn generate(what: &Generate) -> Result<()> {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    let mut out = std::io::stdout();
+    match what {
+        Generate::Man => clap_mangen::Man::new(cmd).section("8").render(&mut out)?,
+        Generate::Completions { shell } => clap_complete::generate(*shell, &mut cmd, "pdscp", &mut out),
     }
     Ok(())
 }
@@ -199,7 +237,7 @@ fn validate(cli: &Cli) -> Result<()> {
                 iface::validate_name(u)?;
             }
         }
-        Command::Status(_) | Command::Gc => {}
+        Command::Status(_) | Command::Gc | Command::Generate(_) => {}
     }
     Ok(())
 }
@@ -264,6 +302,14 @@ mod tests {
         ])
         .unwrap();
         validate(&ok).unwrap();
+    }
+
+    #[test]
+    fn generates_man_page_and_completions() {
+        let cli = parse(&["generate", "completions", "bash"]).unwrap();
+        assert!(matches!(cli.command, Command::Generate(Generate::Completions { .. })));
+        assert!(parse(&["generate", "man"]).is_ok());
+        assert!(parse(&["generate", "completions", "nosh"]).is_err());
     }
 
     #[test]

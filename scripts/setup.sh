@@ -6,7 +6,7 @@ set -euo pipefail
 PACKAGES=(
     clang make pkg-config libelf-dev zlib1g-dev # build: BPF object + libbpf-sys
     iproute2 iputils-ping tcpdump bpftool       # tests and demo: namespaces, traffic, captures
-    shellcheck                                  # lint for the scripts (CI)
+    shellcheck busybox-static                   # lint (CI); busybox for the OpenWrt hook tests
 )
 
 missing=()

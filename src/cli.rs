@@ -307,7 +307,10 @@ mod tests {
     #[test]
     fn generates_man_page_and_completions() {
         let cli = parse(&["generate", "completions", "bash"]).unwrap();
-        assert!(matches!(cli.command, Command::Generate(Generate::Completions { .. })));
+        assert!(matches!(
+            cli.command,
+            Command::Generate(Generate::Completions { .. })
+        ));
         assert!(parse(&["generate", "man"]).is_ok());
         assert!(parse(&["generate", "completions", "nosh"]).is_err());
     }

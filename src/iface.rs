@@ -145,6 +145,35 @@ pub fn current_netns() -> Result<u32> {
     Ok(meta.ino() as u32)
 }
 
+/// Every device in the current namespace, ifindex -> name, from one
+/// rtnetlink dump (checking many tunnels at once costs one request).
+pub fn devices() -> Result<std::collections::HashMap<u32, String>> {
+    use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST};
+    use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+    use netlink_packet_route::RouteNetlinkMessage;
+
+    let socket = crate::netlink::connect(netlink_sys::protocols::NETLINK_ROUTE)?;
+    let replies = crate::netlink::request(
+        &socket,
+        RouteNetlinkMessage::GetLink(LinkMessage::default()),
+        NLM_F_REQUEST | NLM_F_DUMP,
+    )
+    .map_err(io::Error::from_raw_os_error)
+    .context("listing network devices")?;
+    let mut devices = std::collections::HashMap::new();
+    for reply in replies {
+        let RouteNetlinkMessage::NewLink(link) = reply else {
+            continue;
+        };
+        for attr in link.attributes {
+            if let LinkAttribute::IfName(name) = attr {
+                devices.insert(link.header.index, name);
+            }
+        }
+    }
+    Ok(devices)
+}
+
 /// A socket to ask device ioctls in the current network namespace. AF_UNIX
 /// works even in a namespace without IPv4.
 fn control_socket() -> Result<OwnedFd> {
@@ -222,6 +251,11 @@ mod tests {
     #[test]
     fn driver_of_loopback_is_unknown_and_of_nothing_none() {
         assert_eq!(driver("pdscp-nodev"), None);
+    }
+
+    #[test]
+    fn devices_lists_loopback() {
+        assert_eq!(devices().unwrap().get(&1).map(String::as_str), Some("lo"));
     }
 
     #[test]

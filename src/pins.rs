@@ -14,7 +14,7 @@
 use std::fs;
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 
@@ -364,18 +364,39 @@ impl Uplink {
         delete_ignoring_missing(&self.ifaces, &ifindex.to_ne_bytes())
     }
 
-    /// Every recorded device, by ifindex.
+    /// Every recorded device, by ifindex, read in one BPF_MAP_LOOKUP_BATCH
+    /// call: commands that touch one tunnel must not cost a syscall per
+    /// attached tunnel.
     pub fn ifaces(&self) -> Result<Vec<(u32, IfaceCfg)>> {
-        let mut out = Vec::new();
-        for key in self.ifaces.keys() {
-            let Ok(bytes) = <[u8; 4]>::try_from(key.as_slice()) else {
-                continue;
-            };
-            let ifindex = u32::from_ne_bytes(bytes);
-            if let Some(cfg) = self.iface(ifindex)? {
-                out.push((ifindex, cfg));
-            }
+        let value_size = std::mem::size_of::<types::iface_cfg>();
+        let capacity = (MapInfo::new(self.ifaces.as_fd())?.info.max_entries as usize).max(1);
+        let mut keys = vec![0u32; capacity];
+        let mut values = vec![0u8; capacity * value_size];
+        let mut opts: libbpf_rs::libbpf_sys::bpf_map_batch_opts = unsafe { std::mem::zeroed() };
+        opts.sz = std::mem::size_of_val(&opts) as _;
+        let mut out_batch = 0u32;
+        let mut count = capacity as u32;
+        // One call with room for every entry: the first batch is the last (ENOENT).
+        let ret = unsafe {
+            libbpf_rs::libbpf_sys::bpf_map_lookup_batch(
+                self.ifaces.as_fd().as_raw_fd(),
+                std::ptr::null_mut(),
+                (&mut out_batch as *mut u32).cast(),
+                keys.as_mut_ptr().cast(),
+                values.as_mut_ptr().cast(),
+                &mut count,
+                &opts,
+            )
+        };
+        if ret < 0 && -ret != libc::ENOENT {
+            return Err(io::Error::from_raw_os_error(-ret)).context("reading the ifaces map");
         }
+        let mut out: Vec<(u32, IfaceCfg)> = keys
+            .iter()
+            .zip(values.chunks_exact(value_size))
+            .take(count as usize)
+            .filter_map(|(k, v)| Some((*k, IfaceCfg::from_bytes(v)?)))
+            .collect();
         out.sort_by_key(|(i, _)| *i);
         Ok(out)
     }

@@ -59,7 +59,7 @@ impl PinRoot {
 
     fn lock(path: &Path, exclusive: bool) -> Result<PinRoot> {
         if !is_bpffs(path)? {
-            bail!("pin root {} is not on a bpf filesystem", path.display());
+            bail!("pin root {:?} is not on a bpf filesystem", path);
         }
         let file = OpenOptions::new()
             .read(true)
@@ -102,6 +102,25 @@ impl PinRoot {
     }
 }
 
+/// Refuses pin roots that are relative, step through "." or "..", or hold
+/// control characters: the root is where pdscp creates and deletes things.
+pub fn validate_pin_root(path: &Path) -> Result<()> {
+    use std::path::Component;
+    let plain = path.is_absolute()
+        && path
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+        && !path
+            .as_os_str()
+            .as_encoded_bytes()
+            .iter()
+            .any(|b| b.is_ascii_control());
+    if !plain {
+        bail!("invalid pin root {path:?}: give an absolute path without '.', '..' or control characters");
+    }
+    Ok(())
+}
+
 pub fn is_bpffs(path: &Path) -> Result<bool> {
     let st = statfs(path).with_context(|| format!("statfs {}", path.display()))?;
     Ok(st.filesystem_type().0 as i64 == BPF_FS_MAGIC)
@@ -115,10 +134,13 @@ fn ensure_bpffs_for(root: &Path) -> Result<()> {
         return Ok(());
     }
     let mount_point = Path::new(BPFFS_MOUNT_POINT);
-    if !root.starts_with(mount_point) || !mount_point.is_dir() {
+    // Mount only where nothing is mounted yet: a bpffs mounted over the
+    // system's would hide every pin on the host. (A path that leaves bpffs
+    // through a symlink lands here with /sys/fs/bpf already bpffs.)
+    if !root.starts_with(mount_point) || !mount_point.is_dir() || is_bpffs(mount_point)? {
         bail!(
-            "{} is not on a bpf filesystem; mount one first (mount -t bpf bpf DIR)",
-            root.display()
+            "{:?} is not on a bpf filesystem; mount one first (mount -t bpf bpf DIR)",
+            root
         );
     }
     if in_ip_netns_exec() {

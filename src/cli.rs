@@ -146,15 +146,10 @@ pub fn run() -> Result<()> {
                 // WireGuard: read from the device.
                 (None, false) => None,
             };
+            // Devices first: a refused attach leaves no trace, not even a pin root.
+            let plan = commands::plan_attach(&args.tunnel, args.uplink.as_deref(), ports)?;
             let root = bpffs::PinRoot::open(&cli.pin_root, true)?;
-            let msg = commands::attach(
-                &root,
-                &args.tunnel,
-                args.uplink.as_deref(),
-                ports,
-                args.mode,
-                args.map_size,
-            )?;
+            let msg = commands::attach(&root, &plan, args.mode, args.map_size)?;
             println!("{msg}");
             journal(&format!("attach {}", args.tunnel));
         }
@@ -215,6 +210,7 @@ fn journal(line: &str) {
 }
 
 fn validate(cli: &Cli) -> Result<()> {
+    bpffs::validate_pin_root(&cli.pin_root)?;
     if let Some(ns) = &cli.netns {
         netns::validate_name(ns)?;
     }
@@ -287,6 +283,10 @@ mod tests {
             &["detach", "a-name-longer-than-15"],
             &["detach", "wg0", "--uplink", ".."],
             &["--netns", "../../etc", "status"],
+            &["--netns", "wg0\n", "status"],
+            &["--pin-root", "/sys/fs/bpf/../x", "status"],
+            &["--pin-root", "relative", "status"],
+            &["--pin-root", "/sys/fs/bpf/a\nb", "status"],
         ] {
             let cli = parse(args).unwrap();
             assert!(validate(&cli).is_err(), "{args:?} should be refused");

@@ -14,27 +14,44 @@ use crate::iface::{self, Iface};
 use crate::pins::{IfaceCfg, Role, Uplink, UplinkPins};
 use crate::{uplink, wireguard};
 
-pub fn attach(
-    root: &PinRoot,
+/// What an attach is about, found from the devices before any state is
+/// touched, so refused commands change nothing.
+pub struct AttachPlan {
+    tunnel: Iface,
+    tunnel_ethernet: bool,
+    uplink: Iface,
+    uplink_ethernet: bool,
+    ports: PortMatch,
+}
+
+pub fn plan_attach(
     tunnel_name: &str,
     uplink_name: Option<&str>,
     ports: Option<PortMatch>,
-    mode_arg: ModeArg,
-    map_size: u32,
-) -> Result<String> {
+) -> Result<AttachPlan> {
     let tunnel = Iface::by_name(tunnel_name)?;
+    let ports = tunnel_ports(&tunnel, ports)?;
     let uplink_name = match uplink_name {
         Some(name) => name.to_string(),
         None => uplink::discover(&tunnel)?,
     };
-    let uplink_name = uplink_name.as_str();
     if uplink_name == tunnel_name {
         bail!("{tunnel_name}: its packets leave by itself; pass --uplink");
     }
-    let uplink_dev = Iface::by_name(uplink_name)?;
-    let ports = tunnel_ports(&tunnel, ports)?;
-    let tunnel_ethernet = tunnel.has_ethernet_header()?;
-    let uplink_ethernet = uplink_dev.has_ethernet_header()?;
+    let uplink = Iface::by_name(&uplink_name)?;
+    Ok(AttachPlan {
+        tunnel_ethernet: tunnel.has_ethernet_header()?,
+        uplink_ethernet: uplink.has_ethernet_header()?,
+        tunnel,
+        uplink,
+        ports,
+    })
+}
+
+pub fn attach(root: &PinRoot, plan: &AttachPlan, mode_arg: ModeArg, map_size: u32) -> Result<String> {
+    let (tunnel, uplink_dev, ports) = (&plan.tunnel, &plan.uplink, plan.ports);
+    let (tunnel_name, uplink_name) = (tunnel.name.as_str(), uplink_dev.name.as_str());
+    let (tunnel_ethernet, uplink_ethernet) = (plan.tunnel_ethernet, plan.uplink_ethernet);
     for other in root.uplinks()? {
         if other.name != uplink_name && other.has_tunnel(tunnel_name) {
             // A stale record (device gone or recreated) does not hold the tunnel.
@@ -54,7 +71,7 @@ pub fn attach(
     let (uplink, reloaded) = pins.ensure(map_size)?;
     crash_point("attach:pinned");
     uplink.check_netns(uplink_name, netns)?;
-    let mode = attach_uplink(&pins, &uplink, &uplink_dev, uplink_ethernet, mode_arg, netns)?;
+    let mode = attach_uplink(&pins, &uplink, uplink_dev, uplink_ethernet, mode_arg, netns)?;
     crash_point("attach:uplink-attached");
     if reloaded {
         // New programs were pinned: move devices still running old ones.
@@ -325,7 +342,12 @@ pub fn detach(root: &PinRoot, tunnel: &str, only_uplink: Option<&str>) -> Result
         Some(name) => vec![root.uplink(name)],
         None => root.uplinks()?,
     };
-    let Some(pins) = candidates.into_iter().find(|p| p.has_tunnel(tunnel)) else {
+    let Some(pins) = candidates.iter().find(|p| p.has_tunnel(tunnel)) else {
+        // Not attached; but an attach or detach of it may have been cut
+        // short, leaving registry entries or an uplink without tunnels.
+        for pins in &candidates {
+            reconcile(pins)?;
+        }
         return Ok(format!("{tunnel}: not attached"));
     };
     // Broken pins must not block cleaning up what can be cleaned.
@@ -333,9 +355,9 @@ pub fn detach(root: &PinRoot, tunnel: &str, only_uplink: Option<&str>) -> Result
     if let Some(u) = &uplink {
         u.check_netns(&pins.name, iface::current_netns()?)?;
     }
-    release_tunnel(&pins, uplink.as_ref(), tunnel)?;
+    release_tunnel(pins, uplink.as_ref(), tunnel)?;
     crash_point("detach:tunnel-released");
-    reconcile(&pins)?;
+    reconcile(pins)?;
     if pins.dir.exists() {
         Ok(format!("{tunnel}: detached from {}", pins.name))
     } else {
@@ -384,22 +406,28 @@ pub fn reconcile(pins: &UplinkPins) -> Result<Vec<String>> {
             return Ok(done); // Another namespace's state: not ours to judge from here.
         }
     }
+    // One read of the registry and one device listing, whatever the number of tunnels.
+    let recorded = match &uplink {
+        Some(u) => u.ifaces()?,
+        None => Vec::new(),
+    };
+    let devices = iface::devices()?;
     for tunnel in pins.tunnel_names()? {
-        let live = match &uplink {
-            Some(u) => match u.tunnel_by_name(&tunnel)? {
-                Some((ifindex, cfg)) => {
-                    iface::is_present(&tunnel, ifindex)
-                        && is_attached(
-                            cfg.mode,
-                            Role::Tunnel,
-                            &u.reader,
-                            ifindex,
-                            &pins.tunnel_link(&tunnel),
-                        )?
-                }
-                None => false,
-            },
-            None => false,
+        let entry = recorded
+            .iter()
+            .find(|(_, c)| c.role == Role::Tunnel && c.name == tunnel);
+        let live = match (&uplink, entry) {
+            (Some(u), Some((ifindex, cfg))) => {
+                devices.get(ifindex) == Some(&tunnel)
+                    && is_attached(
+                        cfg.mode,
+                        Role::Tunnel,
+                        &u.reader,
+                        *ifindex,
+                        &pins.tunnel_link(&tunnel),
+                    )?
+            }
+            _ => false,
         };
         if !live {
             release_tunnel(pins, uplink.as_ref(), &tunnel)?;

@@ -9,7 +9,12 @@ use nix::sched::{setns, CloneFlags};
 const NETNS_DIR: &str = "/run/netns";
 
 pub fn validate_name(name: &str) -> Result<()> {
-    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
+    if name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.contains('/')
+        || name.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
         bail!("invalid network namespace name {name:?}");
     }
     Ok(())

@@ -1,14 +1,21 @@
-//! Compiles bpf/pdscp.bpf.c into a libbpf skeleton (src/bpf/pdscp.skel.rs in OUT_DIR).
+//! Compiles the BPF programs in bpf/ into libbpf skeletons in OUT_DIR:
+//! pdscp.skel.rs (the product), bench_floor.skel.rs (the floor, yardstick
+//! and trampoline programs of benches/per_packet.rs) and test_foreign.skel.rs
+//! (a foreign TC program for tests/reliability.rs).
 use std::env;
 use std::path::PathBuf;
 use std::process::Command;
 
 use libbpf_cargo::SkeletonBuilder;
 
-const SRC: &str = "bpf/pdscp.bpf.c";
+const SKELETONS: [(&str, &str); 3] = [
+    ("bpf/pdscp.bpf.c", "pdscp.skel.rs"),
+    ("bpf/bench_floor.bpf.c", "bench_floor.skel.rs"),
+    ("bpf/test_foreign.bpf.c", "test_foreign.skel.rs"),
+];
 
 fn main() {
-    let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR")).join("pdscp.skel.rs");
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
     let mut clang_args = vec!["-Wall".to_string(), "-Wno-unused-function".to_string()];
     // The uapi headers include <asm/types.h>, which Debian keeps under the
     // multiarch directory of the build host. BPF bytecode does not depend on
@@ -16,12 +23,14 @@ fn main() {
     if let Some(multiarch) = host_multiarch() {
         clang_args.push(format!("-I/usr/include/{multiarch}"));
     }
-    SkeletonBuilder::new()
-        .source(SRC)
-        .clang_args(clang_args)
-        .build_and_generate(&out)
-        .expect("building the BPF skeleton (needs clang and libbpf headers)");
-    println!("cargo:rerun-if-changed={SRC}");
+    for (source, skeleton) in SKELETONS {
+        SkeletonBuilder::new()
+            .source(source)
+            .clang_args(clang_args.clone())
+            .build_and_generate(out_dir.join(skeleton))
+            .unwrap_or_else(|e| panic!("building {source} (needs clang and libbpf headers): {e}"));
+        println!("cargo:rerun-if-changed={source}");
+    }
     println!("cargo:rerun-if-changed=bpf/pdscp.h");
 }
 

@@ -12,7 +12,7 @@
 //! What the test run allows, and how the cases work around it:
 //! - The skb is built from an Ethernet frame on `lo` (ctx.ifindex may only
 //!   name another device of this netns), so both programs find their config at
-//!   `ifaces[1]`, an Ethernet-type entry switched between reader and writer.
+//!   `dev_slots[1]`, an Ethernet-type entry switched between reader and writer.
 //! - The same skb runs `repeat` times: the reader's bpf_get_hash_recalc()
 //!   dissects the packet once and then finds the hash it set, as for locally
 //!   sent TCP, which carries its socket's hash. One case clears it every time.
@@ -323,11 +323,13 @@ struct Bench<'o> {
 
 impl Bench<'_> {
     fn fill_maps(&self) -> Result<()> {
-        // The value (the tunnel's ifindex) is not used by the programs.
+        // The writer's port bitmap: only PORT belongs to a tunnel.
+        let mut bitmap = vec![0u8; std::mem::size_of::<types::port_bitmap>()];
+        bitmap[usize::from(PORT >> 3)] |= 1 << (PORT & 7);
         self.pdscp
             .maps
             .ports
-            .update(&PORT.to_be_bytes(), &2u32.to_ne_bytes(), MapFlags::ANY)?;
+            .update(&0u32.to_ne_bytes(), &bitmap, MapFlags::ANY)?;
         let (key, value) = (IFINDEX.to_ne_bytes(), 1u32.to_ne_bytes());
         let maps = &self.floor.maps;
         maps.hash_map.update(&key, &value, MapFlags::ANY)?;
@@ -345,7 +347,8 @@ impl Bench<'_> {
             next_hash,
         } = self;
         let repeat = *repeat;
-        let cfg = types::iface_cfg {
+        // As pdscp records a device: the programs read dev_slots.
+        let slot = types::dev_slot {
             role: match case.prog {
                 Prog::Writer => 1, // ROLE_UPLINK
                 _ => 2,            // ROLE_TUNNEL
@@ -355,8 +358,8 @@ impl Bench<'_> {
             ..Default::default()
         };
         skel.maps
-            .ifaces
-            .update(&IFINDEX.to_ne_bytes(), as_bytes(&cfg), MapFlags::ANY)?;
+            .dev_slots
+            .update(&IFINDEX.to_ne_bytes(), as_bytes(&slot), MapFlags::ANY)?;
         skel.maps
             .flows
             .update(&flow_key(HASH_HIT), &[DSCP_EF], MapFlags::ANY)?;

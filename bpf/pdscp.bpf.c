@@ -42,10 +42,17 @@ struct {
 } ifaces SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
-	__type(key, __u16);
-	__type(value, __u32);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PDSCP_DEV_SLOTS);
+	__type(key, __u32);
+	__type(value, struct dev_slot);
+} dev_slots SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct port_bitmap);
 } ports SEC(".maps");
 
 struct {
@@ -59,6 +66,27 @@ struct vlan_hdr {
 	__be16 tci;
 	__be16 encapsulated_proto;
 };
+
+/* This device's settings as the programs need them, or 0 if pdscp did not attach it. */
+static __always_inline struct dev_slot *dev_config(struct __sk_buff *skb, struct dev_slot *spill)
+{
+	__u32 ifindex = skb->ifindex;
+	struct iface_cfg *cfg;
+	struct dev_slot *slot;
+
+	if (ifindex < PDSCP_DEV_SLOTS) {
+		slot = bpf_map_lookup_elem(&dev_slots, &ifindex);
+		return slot && slot->role ? slot : 0;
+	}
+	cfg = bpf_map_lookup_elem(&ifaces, &ifindex);
+	if (!cfg)
+		return 0;
+	spill->role = cfg->role;
+	spill->l2 = cfg->l2;
+	spill->any_port = cfg->any_port;
+	spill->port = cfg->port;
+	return spill;
+}
 
 static __always_inline void count(__u32 index)
 {
@@ -134,15 +162,14 @@ static __always_inline int read_dscp(struct __sk_buff *skb, int off, __be16 prot
 SEC("tc")
 int pdscp_reader(struct __sk_buff *skb)
 {
-	struct iface_cfg *cfg;
+	struct dev_slot spill = {}, *cfg;
 	struct flow_key key = {};
 	__be16 proto = 0;
 	__u8 *stored;
 	__u8 dscp;
 	int ret;
 
-	__u32 ifindex = skb->ifindex;
-	cfg = bpf_map_lookup_elem(&ifaces, &ifindex);
+	cfg = dev_config(skb, &spill);
 	if (!cfg || cfg->role != ROLE_TUNNEL)
 		return TC_ACT_UNSPEC;
 
@@ -181,32 +208,40 @@ int pdscp_reader(struct __sk_buff *skb)
 	return TC_ACT_UNSPEC;
 }
 
-/* Rewrites the DSCP bits of the IPv4 header at off, keeping ECN and the header checksum valid. */
-static __always_inline void write_dscp_v4(struct __sk_buff *skb, int off, struct iphdr *iph, __u8 dscp)
+/* Rewrites the DSCP bits of the IPv4 header in place, keeping ECN, and
+ * updates the header checksum incrementally (RFC 1624: HC' = ~(~HC + ~m + m')).
+ * Direct writes are cheaper than the store/csum helpers; the kernel makes a
+ * cloned skb's header private before the program runs. */
+static __always_inline void write_dscp_v4(struct iphdr *iph, __u8 dscp)
 {
 	__u8 tos = (dscp << 2) | (iph->tos & 3);
-	__be16 old_word, new_word;
+	__u16 old_word, new_word;
+	__u32 sum;
 
 	if (tos == iph->tos)
 		return;
-	/* The TOS byte is the second byte of the header's first 16-bit word. */
-	old_word = *(__be16 *)iph;
-	new_word = old_word;
-	((__u8 *)&new_word)[1] = tos;
-	bpf_l3_csum_replace(skb, off + offsetof(struct iphdr, check), old_word, new_word, 2);
-	bpf_skb_store_bytes(skb, off + offsetof(struct iphdr, tos), &tos, 1, 0);
+	/* The TOS byte is the low byte of the header's first 16-bit word. */
+	old_word = (iph->version << 12) | (iph->ihl << 8) | iph->tos;
+	new_word = (old_word & 0xff00) | tos;
+	sum = (__u16)~bpf_ntohs(iph->check) + (__u16)~old_word + new_word;
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	iph->tos = tos;
+	iph->check = bpf_htons((__u16)~sum);
 }
 
-/* Rewrites the DSCP bits of the IPv6 traffic class, keeping ECN and the flow label. */
-static __always_inline void write_dscp_v6(struct __sk_buff *skb, int off, struct ipv6hdr *ip6h, __u8 dscp)
+/* Rewrites the DSCP bits of the IPv6 traffic class in place, keeping ECN
+ * and the flow label (IPv6 has no header checksum). */
+static __always_inline void write_dscp_v6(struct ipv6hdr *ip6h, __u8 dscp)
 {
-	/* First 16 bits: version(4) traffic class(8) flow label(4 of 20). */
-	__u16 old_word = bpf_ntohs(*(__be16 *)ip6h);
-	__u16 new_word = (old_word & 0xf03f) | ((__u16)dscp << 6);
-	__be16 raw = bpf_htons(new_word);
+	/* Traffic class = priority (4 bits) : flow_lbl[0] high nibble. */
+	__u8 priority = dscp >> 2;
+	__u8 flow0 = ((dscp & 3) << 6) | (ip6h->flow_lbl[0] & 0x3f);
 
-	if (new_word != old_word)
-		bpf_skb_store_bytes(skb, off, &raw, sizeof(raw), 0);
+	if (ip6h->priority != priority)
+		ip6h->priority = priority;
+	if (ip6h->flow_lbl[0] != flow0)
+		ip6h->flow_lbl[0] = flow0;
 }
 
 SEC("tc")
@@ -216,15 +251,17 @@ int pdscp_writer(struct __sk_buff *skb)
 	void *data_end = (void *)(long)skb->data_end;
 	struct iphdr *iph = 0;
 	struct ipv6hdr *ip6h = 0;
+	struct dev_slot spill = {}, *cfg;
 	struct flow_key key = {};
-	struct iface_cfg *cfg;
+	struct port_bitmap *bitmap;
 	struct udphdr *udp;
-	__be16 proto = 0, any = 0;
+	__be16 proto = 0;
+	__u32 zero = 0;
+	__u16 sport;
 	__u8 *dscp;
 	int off;
 
-	__u32 ifindex = skb->ifindex;
-	cfg = bpf_map_lookup_elem(&ifaces, &ifindex);
+	cfg = dev_config(skb, &spill);
 	if (!cfg || cfg->role != ROLE_UPLINK)
 		return TC_ACT_UNSPEC;
 
@@ -249,12 +286,16 @@ int pdscp_writer(struct __sk_buff *skb)
 	if ((void *)(udp + 1) > data_end)
 		goto not_tunnel;
 
-	key.port = udp->source;
-	if (!bpf_map_lookup_elem(&ports, &key.port)) {
-		key.port = 0;
-		if (!bpf_map_lookup_elem(&ports, &any))
-			goto not_tunnel;
-	}
+	bitmap = bpf_map_lookup_elem(&ports, &zero);
+	if (!bitmap)
+		goto not_tunnel;
+	sport = bpf_ntohs(udp->source);
+	if (bitmap->bits[sport >> 3] & (1 << (sport & 7)))
+		key.port = udp->source;
+	else if (bitmap->bits[0] & 1)
+		key.port = 0; /* an --any-port tunnel: the hash alone */
+	else
+		goto not_tunnel;
 	/* Hash 0 never has an entry (the reader stores none), so it misses. */
 	key.hash = skb->hash;
 	dscp = bpf_map_lookup_elem(&flows, &key);
@@ -264,9 +305,9 @@ int pdscp_writer(struct __sk_buff *skb)
 	}
 	count(STAT_WRITER_MARKED + (*dscp & 63));
 	if (iph)
-		write_dscp_v4(skb, off, iph, *dscp & 63);
+		write_dscp_v4(iph, *dscp & 63);
 	else if (ip6h)
-		write_dscp_v6(skb, off, ip6h, *dscp & 63);
+		write_dscp_v6(ip6h, *dscp & 63);
 	return TC_ACT_UNSPEC;
 
 not_tunnel:

@@ -35,8 +35,27 @@ struct iface_cfg {
 	__u32 netns;               /* inode of the device's network namespace */
 };
 
-/* ports: the outer UDP source ports of attached tunnels (network order) ->
- * tunnel ifindex. Key 0 is present while any --any-port tunnel is attached. */
+/* dev_slots: what the programs need of a device, in an array indexed by
+ * ifindex (a hash lookup costs as much as the rest of a program); devices
+ * with larger ifindexes are found in ifaces. */
+#define PDSCP_DEV_SLOTS 4096
+
+struct dev_slot {
+	__u8 role;     /* enum iface_role; 0 = empty slot */
+	__u8 l2;
+	__u8 any_port;
+	__u8 pad;
+	__u16 port;    /* network order */
+	__u16 pad2;
+};
+
+/* ports: one bitmap of the outer UDP source ports (host order) of attached
+ * tunnels; bit 0 is set while any --any-port tunnel is attached. */
+#define PDSCP_PORT_BYTES (65536 / 8)
+
+struct port_bitmap {
+	__u8 bits[PDSCP_PORT_BYTES];
+};
 
 /* stats: per-CPU u64 counters, summed by user space. */
 enum stat_index {

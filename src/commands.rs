@@ -100,16 +100,13 @@ pub fn attach(root: &PinRoot, plan: &AttachPlan, mode_arg: ModeArg, map_size: u3
     {
         return Ok(format!("{tunnel_name}: already attached {what}"));
     }
-    if let Some((old_ifindex, old_cfg)) = &recorded {
+    if let Some((old_ifindex, _)) = &recorded {
         // Re-attach with other settings, or the device was recreated.
-        forget_tunnel(&uplink, *old_ifindex, old_cfg)?;
+        forget_tunnel(&uplink, *old_ifindex)?;
     }
     claim_port(&uplink, tunnel_name, tunnel.ifindex, ports)?;
     uplink.set_iface(tunnel.ifindex, &cfg)?;
-    match ports {
-        PortMatch::Port(p) => uplink.set_port(p, tunnel.ifindex)?,
-        PortMatch::Any => uplink.set_port(0, tunnel.ifindex)?,
-    }
+    uplink.sync_ports()?;
     crash_point("attach:tunnel-recorded");
     pins.create_tunnel_dir(tunnel_name)?;
     crash_point("attach:tunnel-dir-created");
@@ -301,40 +298,22 @@ fn claim_port(uplink: &Uplink, tunnel: &str, ifindex: u32, ports: PortMatch) -> 
     let PortMatch::Port(port) = ports else {
         return Ok(());
     };
-    let Some(owner) = uplink.port_owner(port)? else {
+    let Some((owner, cfg)) = uplink.port_owner(port)? else {
         return Ok(());
     };
-    if owner == ifindex {
-        return Ok(());
-    }
-    if let Some(cfg) = uplink.iface(owner)? {
-        if cfg.role == Role::Tunnel && cfg.ports == Some(ports) && iface::is_present(&cfg.name, owner) {
-            bail!(
-                "{tunnel}: outer port {port} is already used by tunnel {} on this uplink",
-                cfg.name
-            );
-        }
+    if owner != ifindex && iface::is_present(&cfg.name, owner) {
+        bail!(
+            "{tunnel}: outer port {port} is already used by tunnel {} on this uplink",
+            cfg.name
+        );
     }
     Ok(())
 }
 
 /// Removes a tunnel's registry entries (the writer stops matching its port).
-fn forget_tunnel(uplink: &Uplink, ifindex: u32, cfg: &IfaceCfg) -> Result<()> {
+fn forget_tunnel(uplink: &Uplink, ifindex: u32) -> Result<()> {
     uplink.delete_iface(ifindex)?;
-    match cfg.ports {
-        Some(PortMatch::Port(p)) if uplink.port_owner(p)? == Some(ifindex) => uplink.delete_port(p)?,
-        Some(PortMatch::Any) => {
-            let others = uplink
-                .ifaces()?
-                .into_iter()
-                .any(|(_, c)| c.ports == Some(PortMatch::Any));
-            if !others {
-                uplink.delete_port(0)?;
-            }
-        }
-        _ => {}
-    }
-    Ok(())
+    uplink.sync_ports()
 }
 
 pub fn detach(root: &PinRoot, tunnel: &str, only_uplink: Option<&str>) -> Result<String> {
@@ -382,8 +361,8 @@ fn release_tunnel(pins: &UplinkPins, uplink: Option<&Uplink>, tunnel: &str) -> R
         }
     }
     crash_point("detach:reader-detached");
-    if let (Some(uplink), Some((ifindex, cfg))) = (uplink, &recorded) {
-        forget_tunnel(uplink, *ifindex, cfg)?;
+    if let (Some(uplink), Some((ifindex, _))) = (uplink, &recorded) {
+        forget_tunnel(uplink, *ifindex)?;
     }
     crash_point("detach:tunnel-forgotten");
     pins.remove_tunnel_dir(tunnel)
@@ -445,7 +424,7 @@ pub fn reconcile(pins: &UplinkPins) -> Result<Vec<String>> {
                 if iface::is_present(&cfg.name, ifindex) {
                     attach::tc_detach(ifindex, Role::Tunnel)?;
                 }
-                forget_tunnel(u, ifindex, &cfg)?;
+                forget_tunnel(u, ifindex)?;
             }
         }
     }

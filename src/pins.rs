@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! <pin-root>/<uplink>/
-//!     flows  ifaces  ports  stats     pinned maps shared by both programs
+//!     flows  ifaces  dev_slots        pinned maps shared by both programs
+//!     ports  stats
 //!     reader  writer                  pinned programs
 //!     link                            the writer's TCX link on the uplink (tcx mode)
 //!     tunnels/<tunnel>/               one directory per attached tunnel
@@ -27,8 +28,10 @@ use crate::cli::PortMatch;
 use crate::crash::crash_point;
 use crate::skel::{types, PdscpSkelBuilder};
 
-const MAPS: [&str; 4] = ["flows", "ifaces", "ports", "stats"];
+const MAPS: [&str; 5] = ["flows", "ifaces", "dev_slots", "ports", "stats"];
 const PROGS: [&str; 2] = ["reader", "writer"];
+/// PDSCP_DEV_SLOTS of bpf/pdscp.h.
+const DEV_SLOTS: u32 = 4096;
 
 /// Counter indexes, as in `enum stat_index` of bpf/pdscp.h.
 pub mod stat {
@@ -190,6 +193,7 @@ impl UplinkPins {
         Ok(Uplink {
             flows: map("flows")?,
             ifaces: map("ifaces")?,
+            dev_slots: map("dev_slots")?,
             ports: map("ports")?,
             stats: map("stats")?,
             reader: prog("reader")?,
@@ -237,6 +241,7 @@ impl UplinkPins {
             let map = match *name {
                 "flows" => &mut open.maps.flows,
                 "ifaces" => &mut open.maps.ifaces,
+                "dev_slots" => &mut open.maps.dev_slots,
                 "ports" => &mut open.maps.ports,
                 _ => &mut open.maps.stats,
             };
@@ -267,6 +272,7 @@ impl UplinkPins {
             let map = match *name {
                 "flows" => &skel.maps.flows,
                 "ifaces" => &skel.maps.ifaces,
+                "dev_slots" => &skel.maps.dev_slots,
                 "ports" => &skel.maps.ports,
                 _ => &skel.maps.stats,
             };
@@ -327,6 +333,7 @@ impl UplinkPins {
 pub struct Uplink {
     pub flows: MapHandle,
     pub ifaces: MapHandle,
+    pub dev_slots: MapHandle,
     pub ports: MapHandle,
     pub stats: MapHandle,
     pub reader: ProgramHandle,
@@ -337,7 +344,13 @@ impl Uplink {
     /// Both programs use only the pinned maps (not maps of an earlier load).
     fn is_consistent(&self) -> Result<bool> {
         let mut pinned = Vec::new();
-        for map in [&self.flows, &self.ifaces, &self.ports, &self.stats] {
+        for map in [
+            &self.flows,
+            &self.ifaces,
+            &self.dev_slots,
+            &self.ports,
+            &self.stats,
+        ] {
             pinned.push(MapInfo::new(map.as_fd())?.info.id);
         }
         for prog in [&self.reader, &self.writer] {
@@ -354,14 +367,38 @@ impl Uplink {
         Ok(value.as_deref().and_then(IfaceCfg::from_bytes))
     }
 
+    /// Records a device; the programs see it at once (dev_slots).
     pub fn set_iface(&self, ifindex: u32, cfg: &IfaceCfg) -> Result<()> {
         self.ifaces
             .update(&ifindex.to_ne_bytes(), &cfg.to_bytes(), MapFlags::ANY)
-            .context("recording the device in the ifaces map")
+            .context("recording the device in the ifaces map")?;
+        self.set_slot(ifindex, Some(cfg))
     }
 
     pub fn delete_iface(&self, ifindex: u32) -> Result<()> {
+        self.set_slot(ifindex, None)?;
         delete_ignoring_missing(&self.ifaces, &ifindex.to_ne_bytes())
+    }
+
+    /// The programs' copy of a device's settings, for ifindexes below
+    /// PDSCP_DEV_SLOTS (larger ones are looked up in ifaces).
+    fn set_slot(&self, ifindex: u32, cfg: Option<&IfaceCfg>) -> Result<()> {
+        if ifindex >= DEV_SLOTS {
+            return Ok(());
+        }
+        let mut slot = types::dev_slot::default();
+        if let Some(cfg) = cfg {
+            slot.role = cfg.role as u8;
+            slot.l2 = cfg.ethernet as u8;
+            match cfg.ports {
+                Some(PortMatch::Port(p)) => slot.port = p.to_be(),
+                Some(PortMatch::Any) => slot.any_port = 1,
+                None => {}
+            }
+        }
+        self.dev_slots
+            .update(&ifindex.to_ne_bytes(), as_bytes(&slot), MapFlags::ANY)
+            .context("recording the device in the dev_slots map")
     }
 
     /// Every recorded device, by ifindex, read in one BPF_MAP_LOOKUP_BATCH
@@ -429,20 +466,29 @@ impl Uplink {
         Ok(self.ifaces()?.into_iter().find(|(_, c)| c.role == Role::Uplink))
     }
 
-    /// The ifindex of the tunnel that owns an outer source port (0 = any-port tunnels).
-    pub fn port_owner(&self, port: u16) -> Result<Option<u32>> {
-        let value = self.ports.lookup(&port.to_be_bytes(), MapFlags::ANY)?;
-        Ok(value.and_then(|v| v.try_into().ok()).map(u32::from_ne_bytes))
+    /// The recorded tunnel that uses an outer source port.
+    pub fn port_owner(&self, port: u16) -> Result<Option<(u32, IfaceCfg)>> {
+        Ok(self
+            .ifaces()?
+            .into_iter()
+            .find(|(_, c)| c.role == Role::Tunnel && c.ports == Some(PortMatch::Port(port))))
     }
 
-    pub fn set_port(&self, port: u16, ifindex: u32) -> Result<()> {
+    /// Rewrites the writer's port bitmap from the registry: the ports of the
+    /// recorded tunnels, and bit 0 while any --any-port tunnel is recorded.
+    pub fn sync_ports(&self) -> Result<()> {
+        let mut bitmap = vec![0u8; std::mem::size_of::<types::port_bitmap>()];
+        for (_, cfg) in self.ifaces()? {
+            let bit = match (cfg.role, cfg.ports) {
+                (Role::Tunnel, Some(PortMatch::Port(p))) => p,
+                (Role::Tunnel, Some(PortMatch::Any)) => 0,
+                _ => continue,
+            };
+            bitmap[usize::from(bit >> 3)] |= 1 << (bit & 7);
+        }
         self.ports
-            .update(&port.to_be_bytes(), &ifindex.to_ne_bytes(), MapFlags::ANY)
-            .context("recording the tunnel's port")
-    }
-
-    pub fn delete_port(&self, port: u16) -> Result<()> {
-        delete_ignoring_missing(&self.ports, &port.to_be_bytes())
+            .update(&0u32.to_ne_bytes(), &bitmap, MapFlags::ANY)
+            .context("writing the port bitmap")
     }
 
     /// Counters summed over CPUs, indexed as in `stat`.
@@ -486,6 +532,8 @@ mod tests {
     fn layouts_match_the_c_side() {
         assert_eq!(std::mem::size_of::<types::iface_cfg>(), 28);
         assert_eq!(std::mem::size_of::<types::flow_key>(), 8);
+        assert_eq!(std::mem::size_of::<types::dev_slot>(), 8);
+        assert_eq!(std::mem::size_of::<types::port_bitmap>(), 8192);
     }
 
     #[test]

@@ -558,6 +558,25 @@ fn map_len(pin: &Path) -> Option<usize> {
     MapHandle::from_pinned_path(pin).ok().map(|m| m.keys().count())
 }
 
+/// Slots of the pinned dev_slots array in use (role byte set).
+fn used_slots(pin: &Path) -> Option<usize> {
+    let map = MapHandle::from_pinned_path(pin).ok()?;
+    let max = libbpf_rs::MapInfo::new(map.as_fd()).ok()?.info.max_entries;
+    let mut used = 0;
+    for i in 0..max {
+        let value = map.lookup(&i.to_ne_bytes(), MapFlags::ANY).ok()??;
+        used += usize::from(value[0] != 0);
+    }
+    Some(used)
+}
+
+/// Bits set in the pinned port bitmap.
+fn port_bits(pin: &Path) -> Option<usize> {
+    let map = MapHandle::from_pinned_path(pin).ok()?;
+    let value = map.lookup(&0u32.to_ne_bytes(), MapFlags::ANY).ok()??;
+    Some(value.iter().map(|b| b.count_ones() as usize).sum())
+}
+
 /// Names in a directory (empty if it does not exist).
 fn dir_names(dir: &Path) -> BTreeSet<String> {
     match fs::read_dir(dir) {
@@ -643,12 +662,18 @@ fn audit_at(ns: &Netns, root: &Path) -> Result<Attached, String> {
                 &mut problems,
             );
         }
-        match (map_len(&dir.join("ifaces")), map_len(&dir.join("ports"))) {
-            (Some(i), Some(p)) if i == tunnels.len() + 1 && p == tunnels.len() => {}
-            other => problems.push(format!(
-                "{uplink}: registry (ifaces, ports) = {other:?} for {} tunnels",
-                tunnels.len()
-            )),
+        // The registry has the uplink and its tunnels; the programs' copies
+        // agree: a slot per device, a port bit per tunnel (ports are distinct here).
+        let registry = (
+            map_len(&dir.join("ifaces")),
+            used_slots(&dir.join("dev_slots")),
+            port_bits(&dir.join("ports")),
+        );
+        let n = tunnels.len();
+        if registry != (Some(n + 1), Some(n + 1), Some(n)) {
+            problems.push(format!(
+                "{uplink}: registry (ifaces, dev_slots, port bits) = {registry:?} for {n} tunnels"
+            ));
         }
         state.insert(uplink, tunnels);
     }

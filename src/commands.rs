@@ -73,6 +73,10 @@ pub fn attach(root: &PinRoot, plan: &AttachPlan, mode_arg: ModeArg, map_size: u3
     uplink.check_netns(uplink_name, netns)?;
     let mode = attach_uplink(&pins, &uplink, uplink_dev, uplink_ethernet, mode_arg, netns)?;
     crash_point("attach:uplink-attached");
+    if let Err(e) = check_mode_order(root, tunnel_name, uplink_name, mode) {
+        reconcile(&pins)?; // releases the uplink again if this was its first tunnel
+        return Err(e);
+    }
     if reloaded {
         // New programs were pinned: move devices still running old ones.
         retarget_tunnels(&pins, &uplink, tunnel_name)?;
@@ -119,6 +123,46 @@ pub fn attach(root: &PinRoot, plan: &AttachPlan, mode_arg: ModeArg, map_size: u3
     )
     .with_context(|| format!("attaching to {tunnel_name}"))?;
     Ok(format!("{tunnel_name}: attached {what}"))
+}
+
+/// A device that is both a tunnel (its reader) and an uplink (its writer,
+/// for a tunnel inside it) needs the writer to run first. TCX runs before
+/// tc, so a reader in tcx mode and a writer in tc mode on one device would
+/// read the DSCP before it is written: refuse that mix.
+fn check_mode_order(root: &PinRoot, tunnel: &str, uplink: &str, mode: Mode) -> Result<()> {
+    let conflict = |device: &str, reader_mode: Mode| {
+        anyhow::anyhow!(
+            "{device} would run pdscp's reader in {} mode and its writer in {} mode, so the reader \
+             would run first and miss the mark; attach both with the same --mode",
+            reader_mode.name(),
+            if reader_mode == Mode::Tcx { "tc" } else { "tcx" }
+        )
+    };
+    if mode == Mode::Tcx {
+        // The tunnel device is itself an uplink whose writer runs in tc mode?
+        let inner = root.uplink(tunnel);
+        if inner.dir.exists() {
+            if let Ok(u) = inner.open() {
+                if u.uplink_entry()?.is_some_and(|(_, c)| c.mode == Mode::Tc) {
+                    return Err(conflict(tunnel, Mode::Tcx));
+                }
+            }
+        }
+    } else {
+        // The uplink device is itself a tunnel whose reader runs in tcx mode?
+        for outer in root.uplinks()? {
+            if outer.name != uplink && outer.has_tunnel(uplink) {
+                if let Ok(u) = outer.open() {
+                    if u.tunnel_by_name(uplink)?
+                        .is_some_and(|(_, c)| c.mode == Mode::Tcx)
+                    {
+                        return Err(conflict(uplink, Mode::Tcx));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// How the tunnel's outer packets are recognised: as asked, or WireGuard's

@@ -706,3 +706,62 @@ fn counters_count_exactly() {
         assert!(prom.lines().any(|l| l == line), "missing {line:?} in\n{prom}");
     }
 }
+
+/// A tunnel inside a tunnel: wg0 is the tunnel of up0 and the uplink of vxi.
+/// Its writer (for vxi) must run before its reader (for up0); a tcx reader
+/// with a tc writer would run the other way round, so that mix is refused.
+#[test]
+fn tunnel_in_tunnel_marks_both_layers_and_refuses_mixed_modes() {
+    for first_inner in [false, true] {
+        let bed = TestBed::new();
+        bed.add_vxlan("wg0", 100, 51820, Underlay::V4, 1);
+        for (ns, me, peer) in [(&bed.a, 1, 2), (&bed.b, 2, 1)] {
+            ns.sh(&format!(
+                "ip link add vxi type vxlan id 7 local 198.19.1.{me} remote 198.19.1.{peer} dstport 4790 \
+                     srcport 40100 40101 dev wg0
+                 ip addr add 198.21.0.{me}/24 dev vxi && ip link set vxi up"
+            ));
+        }
+        let inner = ["attach", "vxi", "--uplink", "wg0", "--port", "40100"];
+        let outer = ["attach", "wg0", "--uplink", UPLINK, "--port", "51820"];
+        let with_mode = |args: &[&'static str], mode: &'static str| [args, &["--mode", mode]].concat();
+        if first_inner {
+            ok(bed.pdscp(&with_mode(&inner, "tc")));
+            refused(
+                bed.pdscp(&with_mode(&outer, "tcx")),
+                "attach both with the same --mode",
+            );
+            ok(bed.pdscp(&["detach", "vxi"]));
+        } else {
+            ok(bed.pdscp(&with_mode(&outer, "tcx")));
+            refused(
+                bed.pdscp(&with_mode(&inner, "tc")),
+                "attach both with the same --mode",
+            );
+            assert!(
+                !bed.pin_root.join("wg0").exists(),
+                "the refused uplink is released again"
+            );
+        }
+        ok(bed.pdscp(&with_mode(&outer, "tcx")));
+        ok(bed.pdscp(&with_mode(&inner, "tcx")));
+        let cap = Capture::start(&bed.b, UPLINK);
+        send_udp(&bed.a, "198.21.0.2".parse().unwrap(), 9000, 0xb8, 5);
+        // parse_vxlan sees up0's header outside and vxi's outer header inside.
+        let pkts: Vec<TunnelPacket> = parse_all(&cap.stop())
+            .into_iter()
+            .filter(|p| p.outer_sport == 51820 && p.inner_proto == IPPROTO_UDP && p.inner_dport == Some(4790))
+            .collect();
+        // vxi also carries the devices' own unmarked chatter (IPv6 ND/MLD).
+        let marked = pkts.iter().filter(|p| p.inner_tos == 0xb8).count();
+        assert_eq!(marked, 5, "vxi's outer header marked by wg0's writer: {pkts:#?}");
+        for p in &pkts {
+            assert_eq!(
+                p.outer_dscp(),
+                dscp(p.inner_tos),
+                "up0's header follows vxi's: {p:?}"
+            );
+            assert!(p.outer_ipv4_checksum_ok);
+        }
+    }
+}

@@ -1062,41 +1062,43 @@ pub fn pdscp(ns: &Netns, pin_root: &Path, args: &[&str]) -> Output {
     let Some(bin) = option_env!("CARGO_BIN_EXE_pdscp") else {
         panic!("the crate has no pdscp binary");
     };
-    let mut child = Command::new(bin)
-        .arg("--pin-root")
+    let mut cmd = Command::new(bin);
+    cmd.arg("--pin-root")
         .arg(pin_root)
         .arg("--netns")
         .arg(&ns.name)
-        .args(args)
-        .stdin(Stdio::null())
+        .args(args);
+    run_bounded(cmd, STEP_TIMEOUT)
+}
+
+/// Runs `cmd` with no stdin and its output captured, killing it (and
+/// panicking) after `timeout`. The pipes are drained while waiting, so a
+/// chatty child cannot block on them.
+pub fn run_bounded(mut cmd: Command, timeout: Duration) -> Output {
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawning {bin}: {e}"));
-    // Drain the pipes while waiting, so a chatty pdscp cannot block on them.
-    let mut stdout = child.stdout.take().expect("stdout");
-    let mut stderr = child.stderr.take().expect("stderr");
-    let out_t = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = stdout.read_to_end(&mut v);
-        v
-    });
-    let err_t = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = stderr.read_to_end(&mut v);
-        v
-    });
-    let deadline = Instant::now() + STEP_TIMEOUT;
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = pipe.read_to_end(&mut v);
+            v
+        })
+    };
+    let out_t = drain(Box::new(child.stdout.take().expect("stdout")));
+    let err_t = drain(Box::new(child.stderr.take().expect("stderr")));
+    let deadline = Instant::now() + timeout;
     let status = loop {
-        if let Some(s) = child.try_wait().expect("waiting for pdscp") {
+        if let Some(s) = child.try_wait().expect("waiting for a child") {
             break s;
         }
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("pdscp {args:?} did not finish within {STEP_TIMEOUT:?}");
+            panic!("{cmd:?} did not finish within {timeout:?}");
         }
-        thread::sleep(Duration::from_millis(10));
+        thread::sleep(Duration::from_millis(5));
     };
     Output {
         status,

@@ -273,10 +273,20 @@ fn attach_uplink(
     Ok(mode)
 }
 
-const NO_TCX: &str = "this kernel has no TCX (needs Linux 6.6+); use --mode tc or --mode auto";
+/// The kernel has no TCX: a typed error, so auto mode can fall back to tc.
+#[derive(Debug)]
+struct NoTcx;
+
+impl std::fmt::Display for NoTcx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("this kernel has no TCX (needs Linux 6.6+); use --mode tc or --mode auto")
+    }
+}
+
+impl std::error::Error for NoTcx {}
 
 fn is_tcx_unsupported(e: &anyhow::Error) -> bool {
-    e.to_string() == NO_TCX
+    e.downcast_ref::<NoTcx>().is_some()
 }
 
 /// Whether `prog` runs on `ifindex`'s egress as pdscp attached it.
@@ -308,7 +318,7 @@ fn ensure_attached(
             }
             match attach::tcx_attach(prog.as_fd(), ifindex, role, link_pin) {
                 Ok(()) => Ok(()),
-                Err(TcxError::Unsupported) => bail!(NO_TCX),
+                Err(TcxError::Unsupported) => Err(NoTcx.into()),
                 Err(TcxError::Other(e)) => Err(e),
             }
         }

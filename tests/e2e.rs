@@ -6,34 +6,11 @@
 mod testbed;
 
 use std::net::{Ipv4Addr, UdpSocket};
-use std::process::Output;
 
 use serde_json::Value;
 use testbed::*;
 
 const MODES: [&str; 2] = ["tcx", "tc"];
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "pdscp failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A refused command: non-zero exit and exactly one line on stderr that contains `expect`.
-fn refused(out: Output, expect: &str) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "should have failed; stdout: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    assert_eq!(stderr.lines().count(), 1, "one line of error: {stderr}");
-    assert!(stderr.contains(expect), "error {stderr:?} should say {expect:?}");
-}
 
 fn attach(bed: &TestBed, t: &Tunnel, mode: &str) -> String {
     let port = t.srcport.to_string();

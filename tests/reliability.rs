@@ -157,25 +157,6 @@ fn text(out: &Output) -> String {
     )
 }
 
-fn ok(out: Output) -> String {
-    assert!(out.status.success(), "pdscp failed: {}", text(&out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A refused command: non-zero exit (not a crash) and exactly one line on
-/// stderr that contains `expect`.
-fn refused(out: Output, expect: &str) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        !out.status.success() && out.status.code().is_some(),
-        "should have been refused: {}",
-        text(&out)
-    );
-    assert_eq!(stderr.lines().count(), 1, "one line of error: {stderr:?}");
-    assert!(stderr.contains(expect), "error {stderr:?} should say {expect:?}");
-    stderr
-}
-
 /// Whether pdscp died at an injected crash point.
 fn crashed(out: &Output) -> bool {
     out.status.signal() == Some(libc::SIGABRT)
@@ -356,26 +337,15 @@ fn flow(frames: &[Vec<u8>], t: &Tunnel, dport: u16) -> Vec<TunnelPacket> {
 
 /// Exactly `n` packets of the flow, each marked EF outside with a valid checksum.
 fn expect_marked(frames: &[Vec<u8>], t: &Tunnel, dport: u16, n: usize, what: &str) {
-    let pkts = flow(frames, t, dport);
-    assert_eq!(
-        pkts.len(),
-        n,
-        "{what}: {} port {dport}: packets on the wire",
-        t.name
-    );
-    for p in &pkts {
-        assert_eq!(
-            p.outer_dscp(),
-            46,
-            "{what}: {} port {dport} marked: {p:?}",
-            t.name
-        );
-        assert!(p.outer_ipv4_checksum_ok, "{what}: checksum: {p:?}");
-    }
+    expect_flow(frames, t, dport, n, 46, what);
 }
 
 /// Exactly `n` packets of the flow, none marked outside.
 fn expect_unmarked(frames: &[Vec<u8>], t: &Tunnel, dport: u16, n: usize, what: &str) {
+    expect_flow(frames, t, dport, n, 0, what);
+}
+
+fn expect_flow(frames: &[Vec<u8>], t: &Tunnel, dport: u16, n: usize, dscp: u8, what: &str) {
     let pkts = flow(frames, t, dport);
     assert_eq!(
         pkts.len(),
@@ -386,10 +356,11 @@ fn expect_unmarked(frames: &[Vec<u8>], t: &Tunnel, dport: u16, n: usize, what: &
     for p in &pkts {
         assert_eq!(
             p.outer_dscp(),
-            0,
-            "{what}: {} port {dport} unmarked: {p:?}",
+            dscp,
+            "{what}: {} port {dport} outer DSCP: {p:?}",
             t.name
         );
+        assert!(p.outer_ipv4_checksum_ok, "{what}: checksum: {p:?}");
     }
 }
 

@@ -16,7 +16,7 @@ mod testbed;
 
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::thread::sleep;
 use std::time::Duration;
@@ -596,16 +596,6 @@ fn check_tcp(bed: &TestBed, wg: &Wg, ctx: &str) -> [(u8, usize); 2] {
 // ---------------------------------------------------------------------------
 // pdscp
 // ---------------------------------------------------------------------------
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "pdscp failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn status(bed: &TestBed) -> Value {
     let json = ok(bed.pdscp(&["status", "--json"]));

@@ -1106,3 +1106,33 @@ pub fn run_bounded(mut cmd: Command, timeout: Duration) -> Output {
         stderr: join(err_t),
     }
 }
+
+/// A command's stdout and stderr, for assertion messages.
+fn output_text(out: &Output) -> String {
+    format!(
+        "exit {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A command that must succeed; returns its stdout.
+pub fn ok(out: Output) -> String {
+    assert!(out.status.success(), "pdscp failed: {}", output_text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A refused command: non-zero exit (not a crash) and exactly one line on
+/// stderr that contains `expect`; returns that line.
+pub fn refused(out: Output, expect: &str) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success() && out.status.code().is_some(),
+        "should have been refused: {}",
+        output_text(&out)
+    );
+    assert_eq!(stderr.lines().count(), 1, "one line of error: {stderr:?}");
+    assert!(stderr.contains(expect), "error {stderr:?} should say {expect:?}");
+    stderr
+}

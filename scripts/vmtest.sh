@@ -3,7 +3,8 @@
 #
 # Usage:
 #   scripts/vmtest.sh [--kernel 6.1|6.12] [--cache DIR] [--mem MB] [--timeout SEC]
-#                     [--env NAME[=VALUE]]... [--verbose] -- COMMAND [ARGS...]
+#                     [--root DIR [--systemd]] [--env NAME[=VALUE]]... [--verbose]
+#                     -- COMMAND [ARGS...]
 #   scripts/vmtest.sh --kernel 6.1 --fetch-only     # only download/unpack the kernel
 #
 # Why: the host kernel has no WireGuard, and pdscp must be tested on 6.1 (tc clsact,
@@ -29,6 +30,12 @@
 #      COMMAND's exit status, 124 on time-out (the time-out counts from boot),
 #      130 if interrupted, 125 if the VM failed before/while running the command.
 #
+# --root DIR: the guest's root is DIR (a Debian tree on the host, e.g. made by
+# scripts/vm-rootfs.sh) instead of the host's /, with the same tmpfs overlay; the
+# current directory is bound in at the same path, read-only.
+# --systemd (with --root): boot DIR's systemd as PID 1 and run COMMAND as a service
+# once multi-user.target is reached (a whole Debian system: udev, D-Bus, units).
+#
 # The guest sees the host's files as they are; writes inside the guest are discarded.
 # The guest environment is clean: pass variables with --env NAME (host value) or
 # --env NAME=VALUE. --verbose prints the whole kernel log (stderr) after the run.
@@ -51,6 +58,8 @@ MEM_MB=1024
 TIMEOUT_SEC=600
 FETCH_ONLY=0
 VERBOSE=0
+GUEST_ROOT=""   # empty: the host's /
+BOOT_SYSTEMD=0
 GUEST_ENV=()
 COMMAND=()
 INTERRUPTED=0
@@ -81,6 +90,8 @@ parse_args() {
             --cache) CACHE_DIR=${2:?--cache needs a directory}; shift 2 ;;
             --mem) MEM_MB=${2:?--mem needs MB}; shift 2 ;;
             --timeout) TIMEOUT_SEC=${2:?--timeout needs seconds}; shift 2 ;;
+            --root) GUEST_ROOT=${2:?--root needs a directory}; shift 2 ;;
+            --systemd) BOOT_SYSTEMD=1; shift ;;
             --env) GUEST_ENV+=("${2:?--env needs NAME or NAME=VALUE}"); shift 2 ;;
             --fetch-only) FETCH_ONLY=1; shift ;;
             --verbose) VERBOSE=1; shift ;;
@@ -96,6 +107,14 @@ parse_args() {
     ((EUID == 0)) || die "must run as root"
     # The guest finds the module tree through the host path: it must be absolute.
     CACHE_DIR=$(realpath -m -- "$CACHE_DIR")
+    if [[ -n $GUEST_ROOT ]]; then
+        GUEST_ROOT=$(realpath -e -- "$GUEST_ROOT") || usage_error "--root: no such directory"
+        [[ $GUEST_ROOT != / ]] || GUEST_ROOT=""
+    fi
+    if ((BOOT_SYSTEMD)); then
+        [[ -n $GUEST_ROOT ]] || usage_error "--systemd needs --root (the host's own systemd is not booted)"
+        [[ -x $GUEST_ROOT/lib/systemd/systemd ]] || usage_error "--systemd: $GUEST_ROOT has no /lib/systemd/systemd"
+    fi
 }
 
 apt_get() {
@@ -241,7 +260,7 @@ fail() {
     poweroff -f
 }
 
-. /vmtest/config   # KVER MODDIR
+. /vmtest/config   # KVER MODDIR ROOTDIR CWD BOOT_SYSTEMD
 for m in $(cat /vmtest/modules); do
     insmod "/modules/$m" || fail "insmod $m"
 done
@@ -254,8 +273,26 @@ mount -t 9p -o ro,trans=virtio,version=9p2000.L,msize=512000,cache=loose hostroo
     fail "mount host root over 9p"
 mount -t tmpfs -o mode=0755 rw /mnt/rw
 mkdir /mnt/rw/upper /mnt/rw/work
-mount -t overlay -o lowerdir=/mnt/host,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work overlay $R ||
+mount -t overlay -o lowerdir=/mnt/host$ROOTDIR,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work overlay $R ||
     fail "mount overlay"
+# The guest kernel's own modules (depmod'ed on the host), so modprobe works inside.
+mkdir -p "$R/lib/modules/$KVER"
+mount --bind "/mnt/host$MODDIR" "$R/lib/modules/$KVER" || fail "bind $MODDIR"
+if [ -n "$ROOTDIR" ]; then
+    # Another root than the host's: the command's directory is bound in.
+    mkdir -p "$R$CWD"
+    mount --bind "/mnt/host$CWD" "$R$CWD" || fail "bind $CWD"
+fi
+
+if [ "$BOOT_SYSTEMD" = 1 ]; then
+    # A whole system: systemd mounts the API file systems (bpffs included) itself
+    # and runs the command as a service (/vmtest/run, see write_guest_systemd_unit).
+    mkdir -p $R/vmtest $R/etc/systemd/system/multi-user.target.wants
+    cp /vmtest/cmd /vmtest/run $R/vmtest/
+    cp /vmtest/pdscp-vmtest.service $R/etc/systemd/system/
+    ln -sf ../pdscp-vmtest.service $R/etc/systemd/system/multi-user.target.wants/
+    exec switch_root $R /lib/systemd/systemd
+fi
 
 mount -t proc proc $R/proc
 mount -t sysfs sysfs $R/sys
@@ -268,9 +305,6 @@ mount -t bpf -o mode=0700 bpf $R/sys/fs/bpf || fail "mount bpffs"
 mount -t cgroup2 cgroup2 $R/sys/fs/cgroup 2>/dev/null
 mount -t tracefs tracefs $R/sys/kernel/tracing 2>/dev/null
 mount -t debugfs debugfs $R/sys/kernel/debug 2>/dev/null
-# The guest kernel's own modules (depmod'ed on the host), so modprobe works inside.
-mkdir -p "$R/lib/modules/$KVER"
-mount --bind "$R$MODDIR" "$R/lib/modules/$KVER" || fail "bind $MODDIR"
 
 # Stage 2 runs from the new root's /run with its own busybox.
 mkdir -p $R/run/vmtest/bin
@@ -342,6 +376,37 @@ write_guest_command() {
     } >"$out"
 }
 
+# With --systemd: the service that runs COMMAND once the system is up, and its
+# wrapper (/vmtest/run): output on ttyS1/ttyS2, exit status on the console, power off.
+write_guest_systemd_unit() {
+    cat >"$1/pdscp-vmtest.service" <<'UNIT'
+[Unit]
+Description=scripts/vmtest.sh command
+After=multi-user.target
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh /vmtest/run
+StandardInput=null
+StandardOutput=journal+console
+TimeoutStartSec=infinity
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+    cat >"$1/run" <<'RUN'
+stty -F /dev/ttyS1 raw -echo
+stty -F /dev/ttyS2 raw -echo
+echo "vmtest: command starts at uptime $(cut -d' ' -f1 /proc/uptime) s" >/dev/ttyS0
+env -i /bin/bash --noprofile --norc /vmtest/cmd </dev/null >/dev/ttyS1 2>/dev/ttyS2
+rc=$?
+echo "vmtest: command ended at uptime $(cut -d' ' -f1 /proc/uptime) s (status $rc)" >/dev/ttyS0
+echo "PDSCP_VMTEST_EXIT=$rc" >/dev/ttyS0
+sync
+systemctl poweroff --force --force
+RUN
+}
+
 # Static busybox + boot modules (decompressed: busybox insmod can't read .ko.xz)
 # + /init + per-run config, as an uncompressed newc cpio (fastest for the kernel).
 build_initramfs() {
@@ -367,8 +432,12 @@ build_initramfs() {
              done)
     write_guest_init "$stage/init"
     write_guest_stage2 "$stage/vmtest/stage2"
-    printf 'KVER=%q\nMODDIR=%q\n' "$KVER" "$KROOT/lib/modules/$KVER" >"$stage/vmtest/config"
+    printf 'KVER=%q\nMODDIR=%q\nROOTDIR=%q\nCWD=%q\nBOOT_SYSTEMD=%q\n' "$KVER" \
+        "$KROOT/lib/modules/$KVER" "$GUEST_ROOT" "$PWD" "$BOOT_SYSTEMD" >"$stage/vmtest/config"
     write_guest_command "$stage/vmtest/cmd"
+    if ((BOOT_SYSTEMD)); then
+        write_guest_systemd_unit "$stage/vmtest"
+    fi
     (cd "$stage" && find . | cpio -o -H newc --quiet) >"$out"
 }
 
@@ -393,7 +462,7 @@ run_vm() {
         # Like -nographic, but without putting the monitor on our stdin/stdout.
         -nodefaults -no-user-config -display none -no-reboot
         -kernel "$KROOT/boot/vmlinuz-$KVER" -initrd "$run/initramfs.cpio"
-        -append "console=ttyS0 quiet loglevel=$((VERBOSE ? 7 : 1)) panic=-1 mitigations=off 8250.nr_uarts=4"
+        -append "console=ttyS0 quiet loglevel=$((VERBOSE ? 7 : 1)) panic=-1 mitigations=off 8250.nr_uarts=4 systemd.show_status=$((VERBOSE ? 1 : 0))"
         -serial "file:$run/console.log"  # ttyS0: kernel log + exit status
         -serial "pipe:$run/out"          # ttyS1: COMMAND's stdout
         -serial "pipe:$run/err"          # ttyS2: COMMAND's stderr

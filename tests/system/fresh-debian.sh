@@ -1,0 +1,356 @@
+#!/usr/bin/env bash
+# fresh-debian.sh DEB - the system test: run inside a freshly booted Debian 12
+# (the system suite of scripts/vm-tests.sh boots one under QEMU with systemd,
+# udev and D-Bus).
+#
+# It installs pdscp's .deb the way an operator does, then brings WireGuard
+# tunnels up and down with each network manager the package has a hook for,
+# never calling pdscp itself, and checks after each step that
+#   - pdscp attached the tunnel (its pins) or left nothing behind, and
+#   - the encrypted outer packets captured on the far side of the uplink carry
+#     the inner packets' DSCP (EF and AF11 pings), where a tunnel without pdscp
+#     shows 0.
+#
+# The test bed: this machine's uplink is veth up0 (192.0.2.1/24) to a peer
+# host, network namespace "peer" (wan0, 192.0.2.2/24), which runs the far end
+# of every tunnel. Tunnel N is wgN (10.N.0.1/24, listen port 5182N) with its
+# peer pwgN (10.N.0.2, port 5192N). pdscp finds the uplink (the route to the
+# peer) and the port (the device's listen port) itself.
+#
+# Prints one "ok"/"not ok" line per check (TAP); exits 1 if any failed.
+
+set -uo pipefail
+
+readonly DEB=${1:?usage: fresh-debian.sh PDSCP.deb}
+readonly PIN_ROOT=/sys/fs/bpf/preserve-dscp
+readonly UPLINK=up0
+TESTS=0
+FAILED=0
+
+say() { printf '# %s\n' "$*"; }
+
+# check DESCRIPTION COMMAND...: one TAP line; on failure COMMAND's output too.
+check() {
+    local what=$1 out
+    shift
+    TESTS=$((TESTS + 1))
+    if out=$("$@" 2>&1); then
+        echo "ok $TESTS - $what"
+    else
+        FAILED=$((FAILED + 1))
+        echo "not ok $TESTS - $what"
+        printf '%s\n' "$out" | sed 's/^/#   /'
+        return 1
+    fi
+}
+
+# wait_for SECONDS COMMAND...: until COMMAND succeeds (hooks run asynchronously
+# for systemd, NetworkManager and networkd-dispatcher).
+wait_for() {
+    local deadline=$((SECONDS + $1))
+    shift
+    until "$@" >/dev/null 2>&1; do
+        ((SECONDS < deadline)) || { "$@"; return 1; }
+        sleep 0.5
+    done
+}
+
+# ---------------------------------------------------------------------------
+# The test bed
+# ---------------------------------------------------------------------------
+
+declare -A PRIV PUB PEER_PRIV PEER_PUB
+
+setup_bed() {
+    ip netns add peer
+    ip link add "$UPLINK" type veth peer name wan0 netns peer
+    ip addr add 192.0.2.1/24 dev "$UPLINK"
+    ip link set "$UPLINK" up
+    ip -n peer addr add 192.0.2.2/24 dev wan0
+    ip -n peer link set wan0 up
+    ip -n peer link set lo up
+    # No offloads on the path: one captured packet is one packet sent.
+    local n
+    for n in 1 2 3 4 5 6; do
+        PRIV[$n]=$(wg genkey)
+        PUB[$n]=$(wg pubkey <<<"${PRIV[$n]}")
+        PEER_PRIV[$n]=$(wg genkey)
+        PEER_PUB[$n]=$(wg pubkey <<<"${PEER_PRIV[$n]}")
+        # The far end, in the peer namespace (its socket lives there).
+        ip -n peer link add "pwg$n" type wireguard
+        ip netns exec peer wg set "pwg$n" listen-port "5192$n" \
+            private-key <(echo "${PEER_PRIV[$n]}") \
+            peer "${PUB[$n]}" allowed-ips "10.$n.0.1/32"
+        ip -n peer addr add "10.$n.0.2/24" dev "pwg$n"
+        ip -n peer link set "pwg$n" up
+    done
+    mkdir -p /etc/wireguard
+}
+
+# wg_conf N [EXTRA-INTERFACE-LINES]: wg-quick style config of tunnel N.
+wg_conf() {
+    local n=$1 extra=${2:-}
+    cat <<EOF
+[Interface]
+PrivateKey = ${PRIV[$n]}
+ListenPort = 5182$n
+$extra
+[Peer]
+PublicKey = ${PEER_PUB[$n]}
+Endpoint = 192.0.2.2:5192$n
+AllowedIPs = 10.$n.0.2/32
+EOF
+}
+
+# ---------------------------------------------------------------------------
+# What is checked
+# ---------------------------------------------------------------------------
+
+# outer_tos N TOS: pings tunnel N's peer with TOS and prints the TOS bytes of
+# the encrypted packets (WireGuard message type 4, transport data) that
+# leave through the uplink, as captured in the peer namespace.
+outer_tos() {
+    local n=$1 tos=$2 cap
+    cap=$(mktemp)
+    # One unmarked ping first, so the handshake is done before the capture.
+    ping -c 1 -W 5 "10.$n.0.2" >/dev/null || { echo "no ping through wg$n"; rm -f "$cap"; return 1; }
+    ip netns exec peer timeout 10 tcpdump -n -v -l -i wan0 -c 3 \
+        "udp src port 5182$n and udp[8] = 4" >"$cap" 2>"$cap.err" &
+    local dump=$!
+    # tcpdump says "listening on" once its filter is in place.
+    wait_for 5 grep -q 'listening on' "$cap.err"
+    ping -c 3 -i 0.2 -W 2 -Q "$tos" "10.$n.0.2" >/dev/null
+    wait "$dump"
+    grep -o 'tos 0x[0-9a-f]*' "$cap" | cut -d' ' -f2
+    rm -f "$cap" "$cap.err"
+}
+
+# marked N: EF pings leave with outer tos 0xb8, AF11 with 0x28.
+marked() {
+    local n=$1 tos seen
+    for tos in 0xb8 0x28; do
+        seen=$(outer_tos "$n" "$tos" | sort -u | tr '\n' ' ')
+        [[ $seen == "$tos " ]] || { echo "inner tos $tos: outer tos seen: ${seen:-none}"; return 1; }
+    done
+}
+
+# unmarked N: EF pings leave with outer tos 0 (what WireGuard alone does).
+unmarked() {
+    local seen
+    seen=$(outer_tos "$1" 0xb8 | sort -u | tr '\n' ' ')
+    [[ $seen == "0x0 " ]] || { echo "outer tos seen: ${seen:-none}"; return 1; }
+}
+
+# attached wgN: pdscp's pins for the tunnel under the uplink it found.
+attached() {
+    [[ -d $PIN_ROOT/$UPLINK/tunnels/$1 ]] || { pdscp status; return 1; }
+    pdscp status | grep -q "$1"
+}
+
+# nothing_left: no tunnel attached, so the uplink's pins and program are gone
+# too, and no filter of pdscp's is left on it.
+nothing_left() {
+    [[ ! -e $PIN_ROOT/$UPLINK ]] || { ls -R "$PIN_ROOT"; return 1; }
+    ! tc filter show dev "$UPLINK" egress | grep -q pdscp
+}
+
+# unit_state UNIT STATE: UNIT's ActiveState is STATE.
+unit_state() {
+    local state
+    state=$(systemctl show -P ActiveState "$1")
+    [[ $state == "$2" ]] || { echo "$1 is $state"; return 1; }
+}
+
+# installed_files: what the package puts where the managers look.
+installed_files() {
+    local f
+    for f in /etc/network/if-up.d/pdscp /etc/network/if-post-down.d/pdscp \
+        /etc/NetworkManager/dispatcher.d/50-pdscp /etc/networkd-dispatcher/routable.d/50-pdscp \
+        /etc/networkd-dispatcher/off.d/50-pdscp /usr/lib/pdscp/pdscp-hook; do
+        [[ -x $f ]] || { echo "missing or not executable: $f"; return 1; }
+    done
+    for f in /usr/lib/systemd/system/pdscp@.service /etc/pdscp/tunnels \
+        /usr/share/bash-completion/completions/pdscp; do
+        [[ -f $f ]] || { echo "missing: $f"; return 1; }
+    done
+    compgen -G '/usr/share/man/man8/pdscp.8*' >/dev/null || { echo "no man page"; return 1; }
+}
+
+# logged TEXT: the hooks' syslog lines (journald) mention TEXT.
+logged() {
+    journalctl -q -t pdscp --no-pager | grep -F -- "$1"
+}
+
+# ---------------------------------------------------------------------------
+# The cases
+# ---------------------------------------------------------------------------
+
+case_before_install() {
+    say "before pdscp: wg-quick brings wg6 up; WireGuard alone loses the marks"
+    wg_conf 6 "Address = 10.6.0.1/24" >/etc/wireguard/wg6.conf
+    wg-quick up wg6 >/dev/null 2>&1
+    check "without pdscp the outer DSCP is 0" unmarked 6
+    wg-quick down wg6 >/dev/null 2>&1
+}
+
+case_install() {
+    say "dpkg -i $(basename "$DEB")"
+    check "the package installs on a fresh system (its dependencies are there)" \
+        dpkg -i "$DEB"
+    check "pdscp runs" pdscp --version
+    check "it installs the hooks, the unit, the man page and completions" installed_files
+    check "systemd knows pdscp@.service" systemctl cat pdscp@wg3.service
+    check "installing attached nothing" nothing_left
+}
+
+case_ifupdown() {
+    say "ifupdown: 'pdscp yes' in the stanza of wg1"
+    wg_conf 1 >/etc/wireguard/wg1.conf
+    cat >/etc/network/interfaces.d/wg1 <<'EOF'
+auto wg1
+iface wg1 inet static
+    address 10.1.0.1/24
+    pre-up ip link add wg1 type wireguard
+    pre-up wg setconf wg1 /etc/wireguard/wg1.conf
+    post-down ip link del wg1
+    pdscp yes
+EOF
+    check "ifup wg1" ifup wg1
+    check "ifup attached wg1" attached wg1
+    check "wg1's outer packets carry the inner DSCP" marked 1
+    check "the hook logged it to syslog" logged "wg1: attached to $UPLINK"
+    check "ifdown wg1 (post-down deletes the device first)" ifdown wg1
+    check "ifdown left nothing behind" nothing_left
+
+    say "ifupdown at boot: networking.service brings up the auto interfaces"
+    check "systemctl restart networking" systemctl restart networking
+    check "wg1 is attached" attached wg1
+    check "wg1 is marked" marked 1
+    check "systemctl stop networking" systemctl stop networking
+    check "nothing left" nothing_left
+    rm /etc/network/interfaces.d/wg1
+}
+
+case_wg_quick() {
+    say "wg-quick: PostUp/PreDown lines as in docs/hooks.md"
+    wg_conf 2 "Address = 10.2.0.1/24
+PostUp = pdscp attach %i
+PreDown = pdscp detach %i || true" >/etc/wireguard/wg2.conf
+    check "wg-quick up wg2" wg-quick up wg2
+    check "wg2 is attached" attached wg2
+    check "wg2 is marked" marked 2
+    check "wg-quick down wg2" wg-quick down wg2
+    check "nothing left" nothing_left
+}
+
+case_systemd_unit() {
+    say "systemd: pdscp@wg3 enabled, wg-quick@wg3 started"
+    wg_conf 3 "Address = 10.3.0.1/24" >/etc/wireguard/wg3.conf
+    check "systemctl enable pdscp@wg3" systemctl enable pdscp@wg3
+    check "systemctl start wg-quick@wg3" systemctl start wg-quick@wg3
+    check "the device's appearance started pdscp@wg3" \
+        wait_for 30 systemctl is-active --quiet pdscp@wg3
+    check "wg3 is attached" attached wg3
+    check "wg3 is marked" marked 3
+    check "systemctl stop wg-quick@wg3" systemctl stop wg-quick@wg3
+    # (is-active fails already while it is deactivating, i.e. detaching)
+    check "the device's removal stopped pdscp@wg3" \
+        wait_for 30 unit_state pdscp@wg3 inactive
+    check "nothing left" nothing_left
+    systemctl disable --quiet pdscp@wg3
+}
+
+case_networkd() {
+    say "systemd-networkd makes wg4 (.netdev); networkd-dispatcher runs the hook"
+    echo wg4 >>/etc/pdscp/tunnels
+    cat >/etc/systemd/network/50-wg4.netdev <<EOF
+[NetDev]
+Name=wg4
+Kind=wireguard
+
+[WireGuard]
+PrivateKey=${PRIV[4]}
+ListenPort=51824
+
+[WireGuardPeer]
+PublicKey=${PEER_PUB[4]}
+Endpoint=192.0.2.2:51924
+AllowedIPs=10.4.0.2/32
+EOF
+    cat >/etc/systemd/network/50-wg4.network <<'EOF'
+[Match]
+Name=wg4
+
+[Network]
+Address=10.4.0.1/24
+EOF
+    check "start systemd-networkd and networkd-dispatcher" \
+        systemctl start systemd-networkd networkd-dispatcher
+    check "wg4 became routable and was attached" wait_for 60 attached wg4
+    check "wg4 is marked" marked 4
+    check "networkctl down wg4" networkctl down wg4
+    check "off detached it" wait_for 30 nothing_left
+    networkctl delete wg4 >/dev/null 2>&1
+    systemctl stop networkd-dispatcher systemd-networkd systemd-networkd.socket
+    rm /etc/systemd/network/50-wg4.*
+}
+
+case_networkmanager() {
+    say "NetworkManager: a WireGuard connection; 'wg*' in /etc/pdscp/tunnels"
+    echo 'wg*' >>/etc/pdscp/tunnels
+    # A keyfile without autoconnect, so that one 'nmcli connection up' is the only
+    # activation (an imported connection activates by itself, and a second 'up'
+    # re-activates it: down, then up, with the dispatcher's events in between).
+    install -m 600 /dev/stdin /etc/NetworkManager/system-connections/wg5.nmconnection <<EOF
+[connection]
+id=wg5
+type=wireguard
+interface-name=wg5
+autoconnect=false
+
+[wireguard]
+listen-port=51825
+private-key=${PRIV[5]}
+
+[wireguard-peer.${PEER_PUB[5]}]
+endpoint=192.0.2.2:51925
+allowed-ips=10.5.0.2/32;
+
+[ipv4]
+method=manual
+address1=10.5.0.1/24
+
+[ipv6]
+method=disabled
+EOF
+    check "start NetworkManager" systemctl start NetworkManager
+    check "nmcli connection up wg5" nmcli connection up wg5
+    check "the dispatcher attached wg5" wait_for 30 attached wg5 ||
+        journalctl -q --no-pager -u NetworkManager -u NetworkManager-dispatcher | tail -n 40 | sed 's/^/#   /'
+    check "wg5 is marked" marked 5
+    check "nmcli connection down wg5" nmcli connection down wg5
+    check "down detached it (the device is gone)" wait_for 30 nothing_left
+    systemctl stop NetworkManager
+}
+
+main() {
+    # shellcheck disable=SC1091 # the guest's own file
+    say "kernel $(uname -r), $(. /etc/os-release && echo "$PRETTY_NAME"), systemd $(systemctl --version | sed -n '1s/[^0-9]*\([0-9]*\).*/\1/p')"
+    setup_bed
+    local c
+    # PDSCP_SYSTEM_CASES: run only these (e.g. "install networkmanager"), for debugging.
+    for c in ${PDSCP_SYSTEM_CASES:-before_install install ifupdown wg_quick systemd_unit networkd networkmanager}; do
+        declare -F "case_$c" >/dev/null || { echo "fresh-debian.sh: no case $c" >&2; exit 2; }
+        "case_$c"
+    done
+    say "pdscp's log:"
+    journalctl -q -t pdscp --no-pager -o cat | sed 's/^/#   /'
+    echo "1..$TESTS"
+    if ((FAILED)); then
+        say "FAILED $FAILED of $TESTS"
+        exit 1
+    fi
+    say "all $TESTS passed"
+}
+
+main "$@"

@@ -207,6 +207,18 @@ impl UplinkPins {
     /// the programs were (re)loaded, in which case existing attachments must
     /// be pointed at the new ones.
     pub fn ensure(&self, map_size: u32) -> Result<(Uplink, bool)> {
+        let new_uplink = !self.dir.exists();
+        let ensured = self.ensure_in_place(map_size);
+        if ensured.is_err() && new_uplink {
+            // A first attach that could not load (a kernel without what the
+            // programs need, an object built for another endianness) leaves
+            // no empty uplink behind for status to report.
+            let _ = self.remove();
+        }
+        ensured
+    }
+
+    fn ensure_in_place(&self, map_size: u32) -> Result<(Uplink, bool)> {
         for dir in [&self.dir, &self.tunnels_dir()] {
             fs::DirBuilder::new()
                 .recursive(true)
@@ -234,6 +246,7 @@ impl UplinkPins {
         let mut object = MaybeUninit::uninit();
         let mut open = PdscpSkelBuilder::default()
             .open(&mut object)
+            .map_err(with_libbpf_message)
             .context("opening the BPF object")?;
         let mut reused = [false; MAPS.len()];
         for (i, name) in MAPS.iter().enumerate() {
@@ -263,7 +276,10 @@ impl UplinkPins {
                 map.set_max_entries(map_size)?;
             }
         }
-        let skel = open.load().context("loading the BPF programs")?;
+        let skel = open
+            .load()
+            .map_err(with_libbpf_message)
+            .context("loading the BPF programs")?;
         crash_point("attach:loaded");
         for (i, name) in MAPS.iter().enumerate() {
             if reused[i] {
@@ -516,6 +532,27 @@ impl Uplink {
     }
 }
 
+/// libbpf's own error codes (LIBBPF_ERRNO__*, 4000 and up) reach us as OS
+/// errors, which std prints as "Unknown error 4003 (os error 4003)": add
+/// libbpf's message ("Endian mismatch").
+fn with_libbpf_message(err: libbpf_rs::Error) -> anyhow::Error {
+    let text = err.to_string();
+    let code = text
+        .rsplit_once("(os error ")
+        .and_then(|(_, rest)| rest.strip_suffix(')'))
+        .and_then(|n| n.parse::<i32>().ok())
+        .filter(|n| (4000..4100).contains(n));
+    let Some(code) = code else {
+        return err.into();
+    };
+    let mut buf = [0 as libc::c_char; 128];
+    // SAFETY: libbpf writes a NUL-terminated string of at most buf.len() bytes.
+    unsafe { libbpf_rs::libbpf_sys::libbpf_strerror(-code, buf.as_mut_ptr(), buf.len() as _) };
+    // SAFETY: NUL-terminated, see above.
+    let message = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy();
+    anyhow::Error::new(err).context(format!("libbpf: {message}"))
+}
+
 fn delete_ignoring_missing(map: &MapHandle, key: &[u8]) -> Result<()> {
     match map.delete(key) {
         Ok(()) => Ok(()),
@@ -534,6 +571,17 @@ mod tests {
         assert_eq!(std::mem::size_of::<types::flow_key>(), 8);
         assert_eq!(std::mem::size_of::<types::dev_slot>(), 8);
         assert_eq!(std::mem::size_of::<types::port_bitmap>(), 8192);
+    }
+
+    #[test]
+    fn libbpf_error_codes_get_libbpf_messages() {
+        let err = with_libbpf_message(libbpf_rs::Error::from_raw_os_error(4003));
+        assert!(
+            format!("{err:#}").starts_with("libbpf: Endian mismatch: "),
+            "{err:#}"
+        );
+        let err = with_libbpf_message(libbpf_rs::Error::from_raw_os_error(libc::EPERM));
+        assert!(!format!("{err:#}").contains("libbpf:"), "{err:#}");
     }
 
     #[test]

@@ -2362,3 +2362,112 @@ fn pin_root_below_bpffs_never_mounts_a_second_bpffs() {
         failures.join("\n")
     );
 }
+
+/// A memory cgroup of its own (v1 or v2, whichever this machine has) limited
+/// to `limit` bytes, removed on drop. BPF maps are charged to it, so a flow
+/// map larger than the limit fails to load in the kernel, for real.
+struct MemoryCgroup {
+    dir: PathBuf,
+}
+
+impl MemoryCgroup {
+    fn new(limit: u64) -> MemoryCgroup {
+        let (parent, limit_file) = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+            ("/sys/fs/cgroup", "memory.max")
+        } else if Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists() {
+            ("/sys/fs/cgroup/memory", "memory.limit_in_bytes")
+        } else {
+            panic!("no memory cgroup controller (neither cgroup v2 nor v1's memory)");
+        };
+        let dir = Path::new(parent).join(unique("pdscp-mem"));
+        fs::create_dir(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        let cg = MemoryCgroup { dir };
+        fs::write(cg.dir.join(limit_file), limit.to_string()).expect("setting the memory limit");
+        cg
+    }
+
+    /// `cmd` run as a member of the cgroup (sh joins it, then execs `cmd`).
+    fn wrap(&self, cmd: &Command) -> Command {
+        let mut sh = Command::new("sh");
+        sh.arg("-c")
+            .arg(r#"echo $$ >"$0" && exec "$@""#)
+            .arg(self.dir.join("cgroup.procs"))
+            .arg(cmd.get_program())
+            .args(cmd.get_args());
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => sh.env(k, v),
+                None => sh.env_remove(k),
+            };
+        }
+        sh
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir(&self.dir);
+    }
+}
+
+/// Was a bug (fixed): the first attach to an uplink created the uplink's
+/// directory before loading, and a load the kernel refused (here: a flow map
+/// beyond the memory limit; on a big-endian router, an object built for the
+/// wrong byte order) left it behind, so `status` showed a phantom uplink
+/// "DEVICE GONE, NOT ATTACHED" with an error until the next gc. A failed first
+/// attach must leave nothing, and touch no other uplink.
+#[test]
+fn attach_that_fails_to_load_leaves_nothing() {
+    let bed = TestBed::new();
+    add_veth(&bed, UP1, A1_V4, B1_V4, 1);
+    let spec = |name, vni, srcport, lower, a_ip, b_ip, inner| TunnelSpec {
+        name,
+        vni,
+        srcport,
+        lower: Some(lower),
+        a_ip,
+        b_ip,
+        inner,
+    };
+    let by = add_tunnel(&bed, &spec("lf0", 501, 44000, UPLINK, A_V4, B_V4, 1), false);
+    let t = add_tunnel(&bed, &spec("lf1", 502, 44010, UP1, A1_V4, B1_V4, 2), false);
+    attach(&bed, &by, UPLINK, "auto");
+    let before = status_without_counters(&bed.pin_root, &bed.a);
+    let pins_before = listing(&bed.pin_root);
+
+    // 16M flow entries need about a gigabyte, the cgroup allows 128 MiB.
+    let cgroup = MemoryCgroup::new(128 << 20);
+    let mut args = attach_args(&t, UP1, "auto");
+    args.extend(["--map-size".into(), "16777216".into()]);
+    let out = run_cmd(cgroup.wrap(&pdscp_cmd(&bed.pin_root, Some(&bed.a), &args)));
+    let err = refused(out, "loading the BPF programs");
+    assert!(err.contains("Cannot allocate memory"), "{err}");
+
+    assert!(
+        !bed.pin_root.join(UP1).exists(),
+        "{UP1}'s directory was left: {:?}",
+        listing(&bed.pin_root)
+    );
+    assert_eq!(
+        listing(&bed.pin_root),
+        pins_before,
+        "the failed attach changed the pins"
+    );
+    assert_eq!(
+        status_without_counters(&bed.pin_root, &bed.a),
+        before,
+        "the failed attach changed status"
+    );
+    assert!(
+        pdscp_hooks(&bed.a).iter().all(|h| h.dev != UP1 && h.dev != "lf1"),
+        "{:?}",
+        pdscp_hooks(&bed.a)
+    );
+    let w = wire(&bed, &[UPLINK]);
+    send_ef(&bed, &[&by], 9000, 5);
+    expect_marked(&w.stop(), &by, 9000, 5, "the bystander after the failed attach");
+
+    // Without the limit the same tunnel attaches (the failure was the kernel's).
+    drop(cgroup);
+    attach(&bed, &t, UP1, "auto");
+}

@@ -30,6 +30,8 @@
 # inside. The system suite builds the .deb with packaging/build-deb.sh
 # (installing cargo-deb and dpkg-dev if missing) and sees only this directory.
 # Prints a summary per kernel and suite; exits non-zero if anything failed.
+# Don't rebuild pdscp or the tests while it runs: the guest executes the host's
+# files over 9p, and replacing them under it can hang the guest.
 #
 # Most of a wireguard test's time under QEMU's TCG goes to starting processes
 # (ip, wg, nsenter, pdscp) and waiting (pings, handshakes), not to the two

@@ -252,6 +252,27 @@ struct TunnelSpec<'a> {
     inner: u8,
 }
 
+/// A tunnel bound to uplink `lower` (`dev LOWER`), between `a_ip` and `b_ip`.
+fn on<'a>(
+    name: &'a str,
+    vni: u32,
+    srcport: u16,
+    lower: &'a str,
+    a_ip: Ipv4Addr,
+    b_ip: Ipv4Addr,
+    inner: u8,
+) -> TunnelSpec<'a> {
+    TunnelSpec {
+        name,
+        vni,
+        srcport,
+        lower: Some(lower),
+        a_ip,
+        b_ip,
+        inner,
+    }
+}
+
 /// Creates the tunnel in a (and in b unless `a_only`), like
 /// `TestBed::add_vxlan` but over any uplink. Only the inner IPv4 addresses
 /// are configured.
@@ -1015,15 +1036,6 @@ const REPAIRS: [Repair; 4] = [
 fn interruptions(mode: &str) {
     let bed = TestBed::new();
     add_veth(&bed, UP1, A1_V4, B1_V4, 1);
-    let on = |name, vni, srcport, lower, a_ip, b_ip, inner| TunnelSpec {
-        name,
-        vni,
-        srcport,
-        lower: Some(lower),
-        a_ip,
-        b_ip,
-        inner,
-    };
     let by = add_tunnel(&bed, &on("by0", 300, 42000, UPLINK, A_V4, B_V4, 1), false);
     let victims = [
         (
@@ -1198,17 +1210,8 @@ fn interruptions(mode: &str) {
 fn detach_repairs_an_interrupted_command() {
     let bed = TestBed::new();
     add_veth(&bed, UP1, A1_V4, B1_V4, 1);
-    let spec = |name, vni, srcport, lower, a_ip, b_ip, inner| TunnelSpec {
-        name,
-        vni,
-        srcport,
-        lower: Some(lower),
-        a_ip,
-        b_ip,
-        inner,
-    };
-    let by = add_tunnel(&bed, &spec("by0", 300, 42000, UPLINK, A_V4, B_V4, 1), false);
-    let vic = add_tunnel(&bed, &spec("vic1", 302, 42020, UP1, A1_V4, B1_V4, 3), false);
+    let by = add_tunnel(&bed, &on("by0", 300, 42000, UPLINK, A_V4, B_V4, 1), false);
+    let vic = add_tunnel(&bed, &on("vic1", 302, 42020, UP1, A1_V4, B1_V4, 3), false);
     let only_by = attached_map(&[(UPLINK, &["by0"])]);
     let mut left = Vec::new();
     let mut tried = 0;
@@ -2420,17 +2423,8 @@ impl Drop for MemoryCgroup {
 fn attach_that_fails_to_load_leaves_nothing() {
     let bed = TestBed::new();
     add_veth(&bed, UP1, A1_V4, B1_V4, 1);
-    let spec = |name, vni, srcport, lower, a_ip, b_ip, inner| TunnelSpec {
-        name,
-        vni,
-        srcport,
-        lower: Some(lower),
-        a_ip,
-        b_ip,
-        inner,
-    };
-    let by = add_tunnel(&bed, &spec("lf0", 501, 44000, UPLINK, A_V4, B_V4, 1), false);
-    let t = add_tunnel(&bed, &spec("lf1", 502, 44010, UP1, A1_V4, B1_V4, 2), false);
+    let by = add_tunnel(&bed, &on("lf0", 501, 44000, UPLINK, A_V4, B_V4, 1), false);
+    let t = add_tunnel(&bed, &on("lf1", 502, 44010, UP1, A1_V4, B1_V4, 2), false);
     attach(&bed, &by, UPLINK, "auto");
     let before = status_without_counters(&bed.pin_root, &bed.a);
     let pins_before = listing(&bed.pin_root);

@@ -41,6 +41,8 @@ shopt -s inherit_errexit
 readonly SELF=${0##*/}
 cd "$(dirname "$0")/.."
 readonly SRC=$PWD
+# shellcheck source=scripts/lib/packages.sh
+. scripts/lib/packages.sh
 
 readonly TARGET=s390x-unknown-linux-gnu
 readonly CROSS=s390x-linux-gnu
@@ -105,24 +107,8 @@ tap_skip() {
     printf 'ok %d - %s # SKIP %s\n' "$TAP_N" "$1" "$2"
 }
 
-apt_get() {
-    DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout=600 \
-        -o APT::Sandbox::User=root "$@"
-}
-
 ensure_host_packages() {
-    local pkg missing=()
-    for pkg in "${HOST_PACKAGES[@]}"; do
-        if [[ $(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null) != installed ]]; then
-            missing+=("$pkg")
-        fi
-    done
-    if ((${#missing[@]})); then
-        log "installing missing host packages: ${missing[*]}"
-        apt_get install -y --no-install-recommends "${missing[@]}" >&2 ||
-            { apt_get update >&2 && apt_get install -y --no-install-recommends "${missing[@]}" >&2; } ||
-            die "could not install: ${missing[*]}"
-    fi
+    install_missing_packages "${HOST_PACKAGES[@]}" || die "could not install: ${HOST_PACKAGES[*]}"
     command -v cargo >/dev/null || die "cargo is not in PATH (install Rust with rustup)"
     command -v rustup >/dev/null || die "rustup is not in PATH: it adds the $TARGET target"
     if ! rustup target list --installed | grep -qx "$TARGET"; then

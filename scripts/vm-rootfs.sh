@@ -19,6 +19,8 @@
 set -euo pipefail
 
 readonly SELF=${0##*/}
+# shellcheck source=scripts/lib/packages.sh
+. "$(dirname "$0")/lib/packages.sh"
 readonly SUITE=bookworm
 readonly MIRROR=http://deb.debian.org/debian
 readonly PACKAGES=(
@@ -73,11 +75,7 @@ main() {
         esac
     done
     ((EUID == 0)) || die "must run as root (debootstrap)"
-    command -v debootstrap >/dev/null || {
-        log "installing debootstrap"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends debootstrap >&2 ||
-            die "could not install debootstrap"
-    }
+    install_missing_packages debootstrap || die "could not install debootstrap"
 
     local key dir tmp lock_fd
     key=$(printf '%s\n' "$SUITE" "$SETUP_VERSION" "${PACKAGES[@]}" | sha256sum | cut -c1-12)

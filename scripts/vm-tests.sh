@@ -43,6 +43,8 @@ shopt -s inherit_errexit
 
 readonly SELF=${0##*/}
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/packages.sh
+. scripts/lib/packages.sh
 
 SUITES=${PDSCP_VM_SUITES:-wireguard system}
 KERNELS=${PDSCP_VM_KERNELS:-6.1 6.12}
@@ -82,10 +84,7 @@ build_deb() {
             cargo install --locked --quiet --version '^3.8' cargo-deb >&2
         fi
         # cargo-deb computes the package's Depends with dpkg-shlibdeps.
-        if ! command -v dpkg-shlibdeps >/dev/null; then
-            log "installing dpkg-dev (dpkg-shlibdeps)"
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends dpkg-dev >&2
-        fi
+        install_missing_packages dpkg-dev || { log "could not install dpkg-dev"; exit 2; }
         log "building the .deb"
         rm -f target/debian/pdscp_*.deb
         packaging/build-deb.sh --quiet >&2

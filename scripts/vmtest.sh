@@ -44,6 +44,8 @@
 set -euo pipefail
 
 readonly SELF=${0##*/}
+# shellcheck source=scripts/lib/packages.sh
+. "$(dirname "$0")/lib/packages.sh"
 readonly STD_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 # Modules /init must load before it can see the host root; the rest are loaded
 # on demand inside the guest by the host's own modprobe.
@@ -117,27 +119,10 @@ parse_args() {
     fi
 }
 
-apt_get() {
-    # Wait for the dpkg lock rather than fail: other tools may be using apt too.
-    DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout=600 \
-        -o APT::Sandbox::User=root "$@"
-}
-
-# Install what this script (and the tests run inside the guest) need, only if missing.
+# Install what this script (and the tests run inside the guest) need, only if
+# missing (without recommends: wireguard-tools recommends a linux-image).
 ensure_host_packages() {
-    local pkg missing=()
-    for pkg in "${HOST_PACKAGES[@]}"; do
-        if [[ $(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null) != installed ]]; then
-            missing+=("$pkg")
-        fi
-    done
-    ((${#missing[@]})) || return 0
-    log "installing missing host packages: ${missing[*]}"
-    # --no-install-recommends matters: wireguard-tools recommends a linux-image
-    # (via wireguard-modules), which would otherwise land in the host's /boot.
-    apt_get install -y --no-install-recommends "${missing[@]}" >&2 ||
-        { apt_get update >&2 && apt_get install -y --no-install-recommends "${missing[@]}" >&2; } ||
-        die "could not install: ${missing[*]}"
+    install_missing_packages "${HOST_PACKAGES[@]}" || die "could not install: ${HOST_PACKAGES[*]}"
 }
 
 # Regex for the plain amd64 flavour (not -cloud-, not -rt-) of the chosen series.

@@ -22,9 +22,14 @@
 
 #include "pdscp.h"
 
-#define IP_MF 0x2000
 #define IP_OFFSET 0x1fff
 #define MAX_VLAN_TAGS 2
+/* Furthest an IP header may start: Ethernet plus MAX_VLAN_TAGS tags, with
+ * room to spare. A constant bound the verifier can see. */
+#define MAX_IP_OFFSET 64
+/* DSCP is six bits; masking a value read from a map keeps counter indexes
+ * provably in range. */
+#define DSCP_MASK 63
 
 /* Sizes are defaults; user space sets max_entries before the first load. */
 struct {
@@ -67,7 +72,13 @@ struct vlan_hdr {
 	__be16 encapsulated_proto;
 };
 
-/* This device's settings as the programs need them, or 0 if pdscp did not attach it. */
+/* The IP header of a packet: exactly one of v4 and v6 is set. */
+struct ip_header {
+	struct iphdr *v4;
+	struct ipv6hdr *v6;
+};
+
+/* This device's settings as the programs need them, or NULL if pdscp did not attach it. */
 static __always_inline struct dev_slot *dev_config(struct __sk_buff *skb, struct dev_slot *spill)
 {
 	__u32 ifindex = skb->ifindex;
@@ -76,11 +87,11 @@ static __always_inline struct dev_slot *dev_config(struct __sk_buff *skb, struct
 
 	if (ifindex < PDSCP_DEV_SLOTS) {
 		slot = bpf_map_lookup_elem(&dev_slots, &ifindex);
-		return slot && slot->role ? slot : 0;
+		return slot && slot->role ? slot : NULL;
 	}
 	cfg = bpf_map_lookup_elem(&ifaces, &ifindex);
 	if (!cfg)
-		return 0;
+		return NULL;
 	spill->role = cfg->role;
 	spill->l2 = cfg->l2;
 	spill->any_port = cfg->any_port;
@@ -97,89 +108,86 @@ static __always_inline void count(__u32 index)
 }
 
 /*
- * Finds the IP header. Ethernet devices (VXLAN, a LAN port) carry an
- * Ethernet header with up to two in-band 802.1Q/802.1ad tags; L3 devices
- * (WireGuard, PPP, tun) start with the IP header, and skb->protocol says
- * which. Returns the offset of the IP header and sets *proto, or -1.
+ * Finds the IPv4 or IPv6 header, checked to lie within the packet. Ethernet
+ * devices (VXLAN, a LAN port) carry an Ethernet header with up to two
+ * in-band 802.1Q/802.1ad tags; L3 devices (WireGuard, PPP, tun) start with
+ * the IP header, and skb->protocol says which. Returns 0, or -1 if the
+ * packet is not IP (or is cut short).
  */
-static __always_inline int find_ip_header(struct __sk_buff *skb, int l2, __be16 *proto)
+static __always_inline int parse_ip(struct __sk_buff *skb, int l2, struct ip_header *ip)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
-	int off = sizeof(*eth);
-	__be16 type;
+	__be16 proto = skb->protocol;
+	int off = 0;
 
-	if (!l2) {
-		*proto = skb->protocol;
-		return 0;
-	}
-	if ((void *)(eth + 1) > data_end)
-		return -1;
-	type = eth->h_proto;
-#pragma unroll
-	for (int i = 0; i < MAX_VLAN_TAGS; i++) {
-		struct vlan_hdr *vlan = data + off;
-
-		if (type != bpf_htons(ETH_P_8021Q) && type != bpf_htons(ETH_P_8021AD))
-			break;
-		if ((void *)(vlan + 1) > data_end)
+	if (l2) {
+		if ((void *)(eth + 1) > data_end)
 			return -1;
-		type = vlan->encapsulated_proto;
-		off += sizeof(*vlan);
+		proto = eth->h_proto;
+		off = sizeof(*eth);
+#pragma unroll
+		for (int i = 0; i < MAX_VLAN_TAGS; i++) {
+			struct vlan_hdr *vlan = data + off;
+
+			if (proto != bpf_htons(ETH_P_8021Q) && proto != bpf_htons(ETH_P_8021AD))
+				break;
+			if ((void *)(vlan + 1) > data_end)
+				return -1;
+			proto = vlan->encapsulated_proto;
+			off += sizeof(*vlan);
+		}
 	}
-	*proto = type;
-	return off;
-}
-
-/* DSCP of the IPv4/IPv6 header at off, or -1 if there is none. */
-static __always_inline int read_dscp(struct __sk_buff *skb, int off, __be16 proto)
-{
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-
-	if (off < 0 || off > 64)
+	if (off > MAX_IP_OFFSET)
 		return -1;
 	if (proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr *iph = data + off;
 
 		if ((void *)(iph + 1) > data_end || iph->version != 4)
 			return -1;
-		return iph->tos >> 2;
+		ip->v4 = iph;
+		return 0;
 	}
 	if (proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6h = data + off;
 
 		if ((void *)(ip6h + 1) > data_end || ip6h->version != 6)
 			return -1;
-		/* Traffic class = priority (high nibble) : flow_lbl[0] high nibble;
-		 * DSCP is its upper six bits, ECN the lower two. */
-		return ((ip6h->priority << 4) | (ip6h->flow_lbl[0] >> 4)) >> 2;
+		ip->v6 = ip6h;
+		return 0;
 	}
 	return -1;
+}
+
+/* DSCP of the parsed header. IPv6: the traffic class is priority (high
+ * nibble) : flow_lbl[0] high nibble; DSCP is its upper six bits. */
+static __always_inline __u8 read_dscp(const struct ip_header *ip)
+{
+	if (ip->v4)
+		return ip->v4->tos >> 2;
+	return ((ip->v6->priority << 4) | (ip->v6->flow_lbl[0] >> 4)) >> 2;
 }
 
 SEC("tc")
 int pdscp_reader(struct __sk_buff *skb)
 {
 	struct dev_slot spill = {}, *cfg;
+	struct ip_header ip = {};
 	struct flow_key key = {};
-	__be16 proto = 0;
 	__u8 *stored;
 	__u8 dscp;
-	int ret;
 
 	cfg = dev_config(skb, &spill);
 	if (!cfg || cfg->role != ROLE_TUNNEL)
 		return TC_ACT_UNSPEC;
 
-	ret = read_dscp(skb, find_ip_header(skb, cfg->l2, &proto), proto);
-	if (ret < 0) {
+	if (parse_ip(skb, cfg->l2, &ip) < 0) {
 		count(STAT_READER_NOT_IP);
 		return TC_ACT_UNSPEC;
 	}
-	dscp = ret;
-	count(STAT_READER_SEEN + (dscp & 63));
+	dscp = read_dscp(&ip);
+	count(STAT_READER_SEEN + dscp);
 
 	key.hash = bpf_get_hash_recalc(skb);
 	/* No hash (nothing to dissect): nothing the writer could match. */
@@ -244,46 +252,49 @@ static __always_inline void write_dscp_v6(struct ipv6hdr *ip6h, __u8 dscp)
 		ip6h->flow_lbl[0] = flow0;
 }
 
+/* The UDP header after the IP header, or NULL: tunnels send plain,
+ * unfragmented UDP (IPv6: no extension headers to walk). */
+static __always_inline struct udphdr *udp_header(struct __sk_buff *skb, const struct ip_header *ip)
+{
+	void *data_end = (void *)(long)skb->data_end;
+	struct udphdr *udp;
+
+	if (ip->v4) {
+		if (ip->v4->protocol != IPPROTO_UDP || (ip->v4->frag_off & bpf_htons(IP_OFFSET)) ||
+		    ip->v4->ihl < 5)
+			return NULL;
+		udp = (void *)ip->v4 + ip->v4->ihl * 4;
+	} else {
+		if (ip->v6->nexthdr != IPPROTO_UDP)
+			return NULL;
+		udp = (void *)(ip->v6 + 1);
+	}
+	if ((void *)(udp + 1) > data_end)
+		return NULL;
+	return udp;
+}
+
 SEC("tc")
 int pdscp_writer(struct __sk_buff *skb)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-	struct iphdr *iph = 0;
-	struct ipv6hdr *ip6h = 0;
 	struct dev_slot spill = {}, *cfg;
+	struct ip_header ip = {};
 	struct flow_key key = {};
 	struct port_bitmap *bitmap;
 	struct udphdr *udp;
-	__be16 proto = 0;
 	__u32 zero = 0;
 	__u16 sport;
 	__u8 *dscp;
-	int off;
+	__u8 mark;
 
 	cfg = dev_config(skb, &spill);
 	if (!cfg || cfg->role != ROLE_UPLINK)
 		return TC_ACT_UNSPEC;
 
-	off = find_ip_header(skb, cfg->l2, &proto);
-	if (off < 0 || off > 64)
+	if (parse_ip(skb, cfg->l2, &ip) < 0)
 		goto not_tunnel;
-	if (proto == bpf_htons(ETH_P_IP)) {
-		iph = data + off;
-		if ((void *)(iph + 1) > data_end || iph->version != 4 || iph->protocol != IPPROTO_UDP ||
-		    (iph->frag_off & bpf_htons(IP_OFFSET)) || iph->ihl < 5)
-			goto not_tunnel;
-		udp = (void *)iph + iph->ihl * 4;
-	} else if (proto == bpf_htons(ETH_P_IPV6)) {
-		ip6h = data + off;
-		/* Tunnels send plain UDP: no extension headers to walk. */
-		if ((void *)(ip6h + 1) > data_end || ip6h->version != 6 || ip6h->nexthdr != IPPROTO_UDP)
-			goto not_tunnel;
-		udp = (void *)(ip6h + 1);
-	} else {
-		goto not_tunnel;
-	}
-	if ((void *)(udp + 1) > data_end)
+	udp = udp_header(skb, &ip);
+	if (!udp)
 		goto not_tunnel;
 
 	bitmap = bpf_map_lookup_elem(&ports, &zero);
@@ -303,11 +314,12 @@ int pdscp_writer(struct __sk_buff *skb)
 		count(STAT_WRITER_MISS);
 		return TC_ACT_UNSPEC;
 	}
-	count(STAT_WRITER_MARKED + (*dscp & 63));
-	if (iph)
-		write_dscp_v4(iph, *dscp & 63);
-	else if (ip6h)
-		write_dscp_v6(ip6h, *dscp & 63);
+	mark = *dscp & DSCP_MASK;
+	count(STAT_WRITER_MARKED + mark);
+	if (ip.v4)
+		write_dscp_v4(ip.v4, mark);
+	else
+		write_dscp_v6(ip.v6, mark);
 	return TC_ACT_UNSPEC;
 
 not_tunnel:

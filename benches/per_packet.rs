@@ -35,7 +35,7 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapMut, OpenObject, ProgramInput, ProgramMut};
-use pdscp::pins::stat;
+use pdscp::maps::stat;
 use pdscp::skel::{types, PdscpSkel, PdscpSkelBuilder};
 
 mod floor_skel {

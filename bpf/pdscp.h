@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause */
-/* Layout shared by the BPF programs and user space (src/maps.rs mirrors it;
- * a unit test there checks the sizes). */
+/* Layout shared by the BPF programs and user space. build.rs turns every
+ * #define PDSCP_* and every enum member below into a Rust constant for
+ * src/maps.rs, so values must be plain integer literals; struct layouts reach
+ * user space through the skeleton's types (src/maps.rs tests their sizes). */
 #ifndef PDSCP_H
 #define PDSCP_H
 
@@ -51,7 +53,7 @@ struct dev_slot {
 
 /* ports: one bitmap of the outer UDP source ports (host order) of attached
  * tunnels; bit 0 is set while any --any-port tunnel is attached. */
-#define PDSCP_PORT_BYTES (65536 / 8)
+#define PDSCP_PORT_BYTES 8192 /* 65536 ports, one bit each */
 
 struct port_bitmap {
 	__u8 bits[PDSCP_PORT_BYTES];

@@ -575,7 +575,7 @@ fn audit_at(ns: &Netns, root: &Path) -> Result<Attached, String> {
         if !pin.exists() {
             return;
         }
-        match pdscp::attach::tcx_state(pin) {
+        match pdscp::kernel::hook::tcx_link(pin) {
             Ok(Some(s)) if Some(&s.ifindex) == devs.get(dev) && s.prog_id == prog => {}
             other => problems.push(format!(
                 "{}: pinned link is not {prog} on {dev}: {other:?}",
@@ -1494,8 +1494,9 @@ impl Foreign {
                 .expect("opening test_foreign");
             let skel = open.load().expect("loading test_foreign");
             let prog_pin = f.pin(label, "prog");
-            pdscp::attach::pin_fd(skel.progs.foreign_count.as_fd(), &prog_pin).expect("pin prog");
-            pdscp::attach::pin_fd(skel.maps.foreign_packets.as_fd(), &f.pin(label, "map")).expect("pin map");
+            pdscp::kernel::bpf::pin_fd(skel.progs.foreign_count.as_fd(), &prog_pin).expect("pin prog");
+            pdscp::kernel::bpf::pin_fd(skel.maps.foreign_packets.as_fd(), &f.pin(label, "map"))
+                .expect("pin map");
             match hook {
                 ForeignHook::Cls => {
                     ensure_clsact(&bed.a, dev);
@@ -1525,7 +1526,7 @@ impl Foreign {
                         assert!(fd >= 0, "foreign TCX link on {dev}: errno {}", -fd);
                         // SAFETY: a fresh descriptor nobody else owns.
                         let link = unsafe { OwnedFd::from_raw_fd(fd) };
-                        pdscp::attach::pin_fd(link.as_fd(), &link_pin).expect("pin link");
+                        pdscp::kernel::bpf::pin_fd(link.as_fd(), &link_pin).expect("pin link");
                     });
                 }
             }
@@ -1587,7 +1588,7 @@ impl Foreign {
                 "{when}: foreign {label} runs on {dev}: {hooks:#?}"
             );
             if hook == ForeignHook::Tcx {
-                let s = pdscp::attach::tcx_state(&self.pin(label, "link"))
+                let s = pdscp::kernel::hook::tcx_link(&self.pin(label, "link"))
                     .expect("foreign link")
                     .expect("foreign link pinned");
                 assert_eq!(

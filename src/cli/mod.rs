@@ -1,10 +1,18 @@
-//! Command line: parsing, input validation and dispatch.
+//! Command line: clap's definitions, input validation, dispatch and
+//! printing. The only layer that knows about arguments: it maps them onto
+//! the model (`ModeArg` -> `Option<Mode>`) at this boundary.
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::{bpffs, commands, iface, netns, privileges, status};
+use crate::commands::{attach, detach, reconcile, status};
+use crate::kernel::{bpf, iface, netns, privileges};
+use crate::model::{Mode, PortMatch};
+use crate::state::pin_root::{self, PinRoot};
+use crate::testhooks::journal;
+
+pub mod render;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -21,7 +29,7 @@ use crate::{bpffs, commands, iface, netns, privileges, status};
 )]
 pub struct Cli {
     /// bpffs directory that holds pdscp's state, one sub-directory per uplink
-    #[arg(long, global = true, env = "PDSCP_PIN_ROOT", default_value = bpffs::DEFAULT_PIN_ROOT)]
+    #[arg(long, global = true, env = "PDSCP_PIN_ROOT", default_value = pin_root::DEFAULT_PIN_ROOT)]
     pub pin_root: PathBuf,
 
     /// Run in the network namespace /run/netns/NAME (instead of `ip netns exec`, which hides bpffs)
@@ -104,34 +112,30 @@ pub enum ModeArg {
     Tc,
 }
 
-/// How an attached tunnel's outer packets are recognised on the uplink.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PortMatch {
-    Port(u16),
-    Any,
+impl ModeArg {
+    /// The mode asked for; None leaves the choice to pdscp.
+    fn asked(self) -> Option<Mode> {
+        match self {
+            ModeArg::Auto => None,
+            ModeArg::Tcx => Some(Mode::Tcx),
+            ModeArg::Tc => Some(Mode::Tc),
+        }
+    }
 }
 
-pub fn run() -> Result<()> {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        // Usage errors in one line like every other error (hooks log them to
-        // syslog); --help and --version print as usual.
-        Err(e) if e.use_stderr() => {
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or_default();
-            eprintln!("pdscp: {}", first.trim_start_matches("error: "));
-            std::process::exit(2);
-        }
-        Err(e) => e.exit(),
-    };
+/// A usage error as one line (hooks log errors to syslog); exit code 2.
+pub fn usage_error_line(e: &clap::Error) -> String {
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or_default();
+    first.trim_start_matches("error: ").to_string()
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
     if let Command::Generate(what) = &cli.command {
         return generate(what);
     }
-    // libbpf's own messages (e.g. "Exclusivity flag on" when clsact exists)
-    // are noise for operators; PDSCP_DEBUG=1 shows them.
-    if std::env::var_os("PDSCP_DEBUG").is_none() {
-        libbpf_rs::set_print(None);
-    }
+    bpf::quiet_libbpf_unless_debugging();
     // Validate everything the user typed before touching any state.
     validate(&cli)?;
     privileges::check()?;
@@ -147,40 +151,40 @@ pub fn run() -> Result<()> {
                 (None, false) => None,
             };
             // Devices first: a refused attach leaves no trace, not even a pin root.
-            let plan = commands::plan_attach(&args.tunnel, args.uplink.as_deref(), ports)?;
-            let root = bpffs::PinRoot::open(&cli.pin_root, true)?;
-            let msg = commands::attach(&root, &plan, args.mode, args.map_size)?;
+            let plan = attach::plan(&args.tunnel, args.uplink.as_deref(), ports)?;
+            let root = PinRoot::open(&cli.pin_root, true)?;
+            let msg = attach::attach(&root, &plan, args.mode.asked(), args.map_size)?;
             println!("{msg}");
             journal(&format!("attach {}", args.tunnel));
         }
         Command::Detach(args) => {
-            let Some(root) = bpffs::PinRoot::open_existing(&cli.pin_root, true)? else {
+            let Some(root) = PinRoot::open_existing(&cli.pin_root, true)? else {
                 println!("{}: not attached", args.tunnel);
                 return Ok(());
             };
-            let msg = commands::detach(&root, &args.tunnel, args.uplink.as_deref())?;
+            let msg = detach::detach(&root, &args.tunnel, args.uplink.as_deref())?;
             println!("{msg}");
             journal(&format!("detach {}", args.tunnel));
         }
-        Command::Generate(_) => {}
         Command::Gc => {
-            if let Some(root) = bpffs::PinRoot::open_existing(&cli.pin_root, true)? {
-                println!("{}", commands::gc(&root)?);
+            if let Some(root) = PinRoot::open_existing(&cli.pin_root, true)? {
+                println!("{}", reconcile::gc(&root)?);
             }
         }
         Command::Status(args) => {
-            let report = match bpffs::PinRoot::open_existing(&cli.pin_root, false)? {
+            let report = match PinRoot::open_existing(&cli.pin_root, false)? {
                 Some(root) => status::collect(&root)?,
                 None => status::Report::empty(&cli.pin_root),
             };
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else if args.prometheus {
-                print!("{}", report.to_prometheus());
+                print!("{}", render::prometheus(&report));
             } else {
-                print!("{}", report.to_text());
+                print!("{}", render::text(&report));
             }
         }
+        Command::Generate(_) => unreachable!("handled above"),
     }
     Ok(())
 }
@@ -197,20 +201,8 @@ fn generate(what: &Generate) -> Result<()> {
     Ok(())
 }
 
-/// Test hook: `PDSCP_TEST_JOURNAL=<file>` appends each completed change,
-/// while the lock is still held, so concurrency tests know the order in
-/// which commands took effect.
-fn journal(line: &str) {
-    use std::io::Write;
-    if let Some(path) = std::env::var_os("PDSCP_TEST_JOURNAL") {
-        if let Ok(mut f) = std::fs::OpenOptions::new().append(true).create(true).open(path) {
-            let _ = writeln!(f, "{line}");
-        }
-    }
-}
-
 fn validate(cli: &Cli) -> Result<()> {
-    bpffs::validate_pin_root(&cli.pin_root)?;
+    pin_root::validate_pin_root(&cli.pin_root)?;
     if let Some(ns) = &cli.netns {
         netns::validate_name(ns)?;
     }

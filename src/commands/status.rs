@@ -1,16 +1,16 @@
 //! `pdscp status`: what is pinned, what the kernel has attached, and the counters.
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::attach::{self, Mode};
-use crate::bpffs::PinRoot;
-use crate::cli::PortMatch;
-use crate::iface;
-use crate::pins::{stat, Role};
+use super::steps;
+use crate::kernel::iface;
+use crate::maps::stat;
+use crate::model::{Mode, PortMatch};
+use crate::state::pin_root::PinRoot;
+use crate::state::registry::Registry;
 
 #[derive(Serialize, Debug)]
 pub struct Report {
@@ -78,188 +78,15 @@ impl Report {
             uplinks: Vec::new(),
         }
     }
-
-    pub fn to_text(&self) -> String {
-        let mut out = String::new();
-        if self.uplinks.is_empty() {
-            let _ = writeln!(out, "nothing attached (pin root {})", self.pin_root);
-            return out;
-        }
-        for up in &self.uplinks {
-            let mode = up.mode.map(Mode::name).unwrap_or("-");
-            let _ = writeln!(
-                out,
-                "uplink {} (ifindex {}, mode {mode}, {}{}): flows {}/{}",
-                up.name,
-                up.ifindex.map_or("-".into(), |i| i.to_string()),
-                match (up.other_netns, up.present) {
-                    (true, _) => "in another netns",
-                    (false, true) => "present",
-                    (false, false) => "DEVICE GONE",
-                },
-                match (up.other_netns, up.attached) {
-                    (true, _) => "",
-                    (false, true) => ", attached",
-                    (false, false) => ", NOT ATTACHED",
-                },
-                up.map_entries,
-                up.map_size,
-            );
-            if let Some(err) = &up.error {
-                let _ = writeln!(out, "  error: {err}");
-            }
-            let c = &up.counters;
-            let _ = writeln!(
-                out,
-                "  marked {}  missed {}  not-tunnel {}  seen {}  inserts {}  updates {}",
-                c.marked, c.missed, c.not_tunnel, c.seen, c.flow_inserts, c.flow_updates
-            );
-            if !c.marked_by_dscp.is_empty() {
-                let by: Vec<String> = c.marked_by_dscp.iter().map(|(d, n)| format!("{d}:{n}")).collect();
-                let _ = writeln!(out, "  marked by dscp {}", by.join(" "));
-            }
-            let _ = writeln!(
-                out,
-                "  {:<16} {:>8} {:>8} {:>8} {:>9}",
-                "TUNNEL", "IFINDEX", "PORT", "DEVICE", "ATTACHED"
-            );
-            for t in &up.tunnels {
-                let port = if t.any_port {
-                    "any".to_string()
-                } else {
-                    t.port.map_or("-".into(), |p| p.to_string())
-                };
-                let _ = writeln!(
-                    out,
-                    "  {:<16} {:>8} {:>8} {:>8} {:>9}",
-                    t.name,
-                    t.ifindex.map_or("-".into(), |i| i.to_string()),
-                    port,
-                    if t.present { "present" } else { "gone" },
-                    if t.attached { "yes" } else { "no" },
-                );
-            }
-        }
-        out
-    }
-}
-
-impl Report {
-    /// node_exporter textfile-collector format.
-    pub fn to_prometheus(&self) -> String {
-        let mut out = String::new();
-        let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, u64)>| {
-            let _ = writeln!(out, "# HELP pdscp_{name} {help}\n# TYPE pdscp_{name} {kind}");
-            for (labels, value) in samples {
-                let _ = writeln!(out, "pdscp_{name}{{{labels}}} {value}");
-            }
-        };
-        let per_uplink = |f: &dyn Fn(&UplinkReport) -> u64| -> Vec<(String, u64)> {
-            self.uplinks
-                .iter()
-                .map(|u| (format!("uplink=\"{}\"", escape(&u.name)), f(u)))
-                .collect()
-        };
-        let per_dscp = |f: &dyn Fn(&Counters) -> &BTreeMap<u8, u64>| -> Vec<(String, u64)> {
-            let mut samples = Vec::new();
-            for u in &self.uplinks {
-                for (dscp, n) in f(&u.counters) {
-                    samples.push((format!("uplink=\"{}\",dscp=\"{dscp}\"", escape(&u.name)), *n));
-                }
-            }
-            samples
-        };
-        family(
-            "marked_packets_total",
-            "counter",
-            "Outer packets given a DSCP by the writer.",
-            per_dscp(&|c| &c.marked_by_dscp),
-        );
-        family(
-            "seen_packets_total",
-            "counter",
-            "Inner packets the readers saw, by their DSCP.",
-            per_dscp(&|c| &c.seen_by_dscp),
-        );
-        family(
-            "missed_packets_total",
-            "counter",
-            "Tunnel packets on the uplink with no flow entry.",
-            per_uplink(&|u| u.counters.missed),
-        );
-        family(
-            "not_tunnel_packets_total",
-            "counter",
-            "Uplink packets not from an attached tunnel.",
-            per_uplink(&|u| u.counters.not_tunnel),
-        );
-        family(
-            "flow_inserts_total",
-            "counter",
-            "Flow entries created.",
-            per_uplink(&|u| u.counters.flow_inserts),
-        );
-        family(
-            "flow_updates_total",
-            "counter",
-            "Flows whose mark changed.",
-            per_uplink(&|u| u.counters.flow_updates),
-        );
-        family(
-            "flow_entries",
-            "gauge",
-            "Entries in the flow map.",
-            per_uplink(&|u| u.map_entries as u64),
-        );
-        family(
-            "flow_capacity",
-            "gauge",
-            "Size of the flow map.",
-            per_uplink(&|u| u.map_size as u64),
-        );
-        family(
-            "uplink_attached",
-            "gauge",
-            "1 if the writer runs on the uplink.",
-            per_uplink(&|u| u.attached as u64),
-        );
-        let tunnels = self
-            .uplinks
-            .iter()
-            .flat_map(|u| {
-                u.tunnels.iter().map(move |t| {
-                    (
-                        format!("uplink=\"{}\",tunnel=\"{}\"", escape(&u.name), escape(&t.name)),
-                        t.attached as u64,
-                    )
-                })
-            })
-            .collect();
-        family(
-            "tunnel_attached",
-            "gauge",
-            "1 if the reader runs on the tunnel.",
-            tunnels,
-        );
-        out
-    }
-}
-
-/// Label value escaping of the Prometheus text format.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 pub fn collect(root: &PinRoot) -> Result<Report> {
     let mut report = Report::empty(&root.path);
     let netns = iface::current_netns()?;
-    for pins in root.uplinks()? {
-        let tunnel_names = pins.tunnel_names()?;
+    for dir in root.uplinks()? {
+        let tunnel_names = dir.tunnel_names()?;
         let mut up = UplinkReport {
-            name: pins.name.clone(),
+            name: dir.name.clone(),
             ifindex: None,
             mode: None,
             netns: None,
@@ -272,7 +99,7 @@ pub fn collect(root: &PinRoot) -> Result<Report> {
             tunnels: Vec::new(),
             error: None,
         };
-        let uplink = match pins.open() {
+        let pinned = match dir.open() {
             Ok(u) => u,
             Err(e) => {
                 up.error = Some(format!("{e:#}"));
@@ -291,27 +118,21 @@ pub fn collect(root: &PinRoot) -> Result<Report> {
                 continue;
             }
         };
-        let entries = uplink.ifaces()?;
-        if let Some((ifindex, cfg)) = entries.iter().find(|(_, c)| c.role == Role::Uplink) {
-            up.ifindex = Some(*ifindex);
+        let registry = Registry::read(&pinned)?;
+        if let Some((ifindex, cfg)) = registry.uplink() {
+            up.ifindex = Some(ifindex);
             up.mode = Some(cfg.mode);
             up.netns = Some(cfg.netns);
             up.other_netns = cfg.netns != netns;
-            up.present = !up.other_netns && iface::is_present(&pins.name, *ifindex);
-            up.attached = up.present
-                && match cfg.mode {
-                    Mode::Tcx => attach::tcx_state(&pins.uplink_link())?
-                        .is_some_and(|s| s.ifindex == *ifindex && s.prog_id == uplink.writer.id()),
-                    Mode::Tc => attach::tc_state(*ifindex, Role::Uplink)? == Some(uplink.writer.id()),
-                };
+            up.present = !up.other_netns && iface::is_present(&dir.name, ifindex);
+            up.attached =
+                up.present && steps::writer_hook(&dir, ifindex).runs(cfg.mode, pinned.writer.id())?;
         }
-        up.map_entries = uplink.flow_entries();
-        up.map_size = uplink.flow_capacity()?;
-        up.counters = counters(&uplink.counters()?);
+        up.map_entries = pinned.flow_entries();
+        up.map_size = pinned.flow_capacity()?;
+        up.counters = counters(&pinned.counters()?);
         for name in tunnel_names {
-            let recorded = entries
-                .iter()
-                .find(|(_, c)| c.role == Role::Tunnel && c.name == name);
+            let recorded = registry.tunnel(&name);
             let mut t = TunnelReport {
                 name: name.clone(),
                 ifindex: None,
@@ -321,19 +142,15 @@ pub fn collect(root: &PinRoot) -> Result<Report> {
                 attached: false,
             };
             if let Some((ifindex, cfg)) = recorded {
-                t.ifindex = Some(*ifindex);
+                t.ifindex = Some(ifindex);
                 match cfg.ports {
                     Some(PortMatch::Port(p)) => t.port = Some(p),
                     Some(PortMatch::Any) => t.any_port = true,
                     None => {}
                 }
-                t.present = !up.other_netns && iface::is_present(&name, *ifindex);
+                t.present = !up.other_netns && iface::is_present(&name, ifindex);
                 t.attached = t.present
-                    && match cfg.mode {
-                        Mode::Tcx => attach::tcx_state(&pins.tunnel_link(&name))?
-                            .is_some_and(|s| s.ifindex == *ifindex && s.prog_id == uplink.reader.id()),
-                        Mode::Tc => attach::tc_state(*ifindex, Role::Tunnel)? == Some(uplink.reader.id()),
-                    };
+                    && steps::reader_hook(&dir, &name, ifindex).runs(cfg.mode, pinned.reader.id())?;
             }
             up.tunnels.push(t);
         }
@@ -365,61 +182,6 @@ fn counters(raw: &[u64]) -> Counters {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn prometheus_text_format() {
-        let mut counters = Counters::default();
-        counters.marked_by_dscp.insert(46, 5);
-        counters.missed = 2;
-        let report = Report {
-            pin_root: "/sys/fs/bpf/preserve-dscp".into(),
-            uplinks: vec![UplinkReport {
-                name: "eth\"0".into(),
-                ifindex: Some(2),
-                mode: Some(Mode::Tcx),
-                netns: Some(1),
-                other_netns: false,
-                present: true,
-                attached: true,
-                map_entries: 3,
-                map_size: 16384,
-                counters,
-                tunnels: vec![TunnelReport {
-                    name: "wg0".into(),
-                    ifindex: Some(3),
-                    port: Some(51820),
-                    any_port: false,
-                    present: true,
-                    attached: true,
-                }],
-                error: None,
-            }],
-        };
-        let text = report.to_prometheus();
-        assert!(
-            text.contains("# TYPE pdscp_marked_packets_total counter\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("pdscp_marked_packets_total{uplink=\"eth\\\"0\",dscp=\"46\"} 5\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("pdscp_missed_packets_total{uplink=\"eth\\\"0\"} 2\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("pdscp_tunnel_attached{uplink=\"eth\\\"0\",tunnel=\"wg0\"} 1\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("pdscp_flow_capacity{uplink=\"eth\\\"0\"} 16384\n"),
-            "{text}"
-        );
-        for line in text.lines().filter(|l| !l.starts_with('#')) {
-            assert!(line.starts_with("pdscp_") && line.contains("} "), "{line}");
-        }
-    }
 
     #[test]
     fn counters_sum_per_dscp() {

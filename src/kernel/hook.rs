@@ -1,114 +1,215 @@
-//! Attach back-ends: where a pinned program is hooked onto a device's egress.
-//!
+//! Where a pinned program runs: the egress of a device, hooked in one of two
+//! ways (the `Mode`):
 //! - TCX (kernel 6.6+): a bpf_link, pinned in bpffs so it outlives pdscp and
-//!   can be found and detached later by path.
+//!   can be found and detached later by path;
 //! - tc: a cls_bpf direct-action filter on the clsact qdisc at pdscp's own
 //!   handle and priority. The qdisc may be shared with other filters, so
-//!   pdscp creates it when missing but never deletes it.
+//!   pdscp creates it when missing but never deletes it, and touches only a
+//!   filter in its own slot that runs one of its own programs.
+use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::path::Path;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use libbpf_rs::libbpf_sys;
 use libbpf_rs::query::LinkTypeInfo;
-use libbpf_rs::{Link, ProgramHandle};
-use serde::Serialize;
+use libbpf_rs::{libbpf_sys, Link, ProgramHandle, TcHook, TC_EGRESS};
 
-use crate::pins::Role;
+use super::bpf::{os_error, pin_fd, prog_name, remove_pin};
+use crate::model::{Mode, Program};
+use crate::testhooks::{crash_point, Step};
 
-/// pdscp's cls_bpf slots on clsact egress ("d5c"). Filters at other
-/// handles/priorities are someone else's and are never touched. A device can
-/// be both an uplink (of an inner tunnel) and a tunnel (of an outer uplink),
-/// so writer and reader get their own slots, the writer first: the reader
-/// must see the outer DSCP the writer just set.
+/// pdscp's cls_bpf handle on clsact egress ("d5c"). Filters at other
+/// handles/priorities are someone else's and are never touched.
 pub const TC_HANDLE: u32 = 0xd5c;
-fn tc_priority(role: Role) -> u32 {
-    match role {
-        Role::Uplink => 0xd5c,
-        Role::Tunnel => 0xd5d,
+
+/// pdscp's tc priority for a program. A device can be both an uplink (of an
+/// inner tunnel) and a tunnel (of an outer uplink), so writer and reader get
+/// their own slots, the writer first: the reader must see the outer DSCP the
+/// writer just set. (TCX: the writer is attached before every other link.)
+pub fn tc_priority(program: Program) -> u32 {
+    match program {
+        Program::Writer => 0xd5c,
+        Program::Reader => 0xd5d,
     }
 }
 
 /// Prefix of pdscp's program names, to recognise its own filters.
 pub const PROG_PREFIX: &str = "pdscp_";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    Tcx = 1,
-    Tc = 2,
+/// The kernel has no TCX (Linux before 6.6).
+#[derive(Debug)]
+pub struct NoTcx;
+
+impl std::fmt::Display for NoTcx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("this kernel has no TCX (needs Linux 6.6+); use --mode tc or --mode auto")
+    }
 }
 
-impl Mode {
-    pub fn from_raw(raw: u8) -> Option<Mode> {
-        match raw {
-            1 => Some(Mode::Tcx),
-            2 => Some(Mode::Tc),
-            _ => None,
+impl std::error::Error for NoTcx {}
+
+/// One place a program of pdscp's runs or is to run, in either mode.
+pub struct Hook {
+    pub program: Program,
+    pub ifindex: u32,
+    /// Where its TCX link is (or would be) pinned.
+    pub link_pin: PathBuf,
+}
+
+impl Hook {
+    /// Whether the program with `prog_id` runs here now, hooked in `mode`.
+    pub fn runs(&self, mode: Mode, prog_id: u32) -> Result<bool> {
+        Ok(match mode {
+            Mode::Tcx => {
+                tcx_link(&self.link_pin)?.is_some_and(|l| l.ifindex == self.ifindex && l.prog_id == prog_id)
+            }
+            Mode::Tc => self.tc_prog_id()? == Some(prog_id),
+        })
+    }
+
+    /// Makes `prog` run here, hooked in `mode`: nothing to do if it does already; a pinned TCX
+    /// link on this device is pointed at it atomically (the device never
+    /// runs without a program); a link of a deleted device is replaced.
+    pub fn ensure(&self, mode: Mode, prog: &ProgramHandle) -> Result<()> {
+        match mode {
+            Mode::Tcx => {
+                match tcx_link(&self.link_pin)? {
+                    Some(l) if l.ifindex == self.ifindex && l.prog_id == prog.id() => return Ok(()),
+                    Some(l) if l.ifindex == self.ifindex => return tcx_update(&self.link_pin, prog),
+                    // Defunct (device deleted) or another device: replace it.
+                    Some(_) => tcx_remove(&self.link_pin)?,
+                    None => {}
+                }
+                self.tcx_attach(prog)
+            }
+            Mode::Tc => {
+                if self.tc_prog_id()? == Some(prog.id()) {
+                    return Ok(());
+                }
+                self.tc_attach(prog)
+            }
         }
     }
 
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Tcx => "tcx",
-            Mode::Tc => "tc",
+    /// Removes whatever pdscp hooked here, in either mode: the TCX link
+    /// pinned at `link_pin` (live or defunct) and, if the device still is the
+    /// one recorded (`device_present`), pdscp's filter in its tc slot. The
+    /// ifindex of a deleted device may already name another device, whose
+    /// filter is not ours to remove.
+    pub fn remove(&self, device_present: bool) -> Result<()> {
+        tcx_remove(&self.link_pin)?;
+        if device_present && self.tc_prog_id()?.is_some() {
+            self.ensure_tc_slot_is_ours()?;
+            let placeholder = placeholder_fd()?;
+            let mut hook = self.tc_hook(&placeholder);
+            match hook.detach() {
+                Ok(()) => {}
+                Err(e) if is_gone(&e) => {}
+                Err(e) => return Err(e).context("removing the tc filter"),
+            }
         }
+        Ok(())
+    }
+
+    /// The id of the program in pdscp's tc slot on this device, if any.
+    pub fn tc_prog_id(&self) -> Result<Option<u32>> {
+        let placeholder = placeholder_fd()?;
+        match self.tc_hook(&placeholder).query() {
+            Ok(id) => Ok(Some(id)),
+            // No clsact, no filter at our slot, or no such device.
+            Err(e) if is_gone(&e) || os_error(&e) == Some(libc::EINVAL) => Ok(None),
+            Err(e) => Err(e).context("querying tc filters"),
+        }
+    }
+
+    fn tc_hook(&self, prog: &impl AsFd) -> TcHook {
+        let mut hook = TcHook::new(prog.as_fd());
+        hook.ifindex(self.ifindex as i32)
+            .attach_point(TC_EGRESS)
+            .handle(TC_HANDLE)
+            .priority(tc_priority(self.program));
+        hook
+    }
+
+    fn tc_attach(&self, prog: &ProgramHandle) -> Result<()> {
+        self.ensure_tc_slot_is_ours()?;
+        let mut hook = self.tc_hook(prog);
+        // Creates clsact only if the device has none (EEXIST is success).
+        hook.create().context("creating the clsact qdisc")?;
+        crash_point(Step::ClsactReady);
+        hook.replace(true).attach().context("attaching a tc filter")?;
+        Ok(())
+    }
+
+    /// Refuses to replace or remove a filter in pdscp's slot that another tool put there.
+    fn ensure_tc_slot_is_ours(&self) -> Result<()> {
+        let Some(id) = self.tc_prog_id()? else {
+            return Ok(());
+        };
+        let name = prog_name(id);
+        if !name.starts_with(PROG_PREFIX) {
+            bail!(
+                "the tc filter at handle {TC_HANDLE:#x} priority {} on ifindex {} \
+                 runs program {name:?}, which is not pdscp's; leaving it alone",
+                tc_priority(self.program),
+                self.ifindex
+            );
+        }
+        Ok(())
+    }
+
+    /// Creates a TCX egress link for `prog` and pins it. The writer goes
+    /// before every other link on the device, the reader after them.
+    fn tcx_attach(&self, prog: &ProgramHandle) -> Result<()> {
+        let mut opts = libbpf_sys::bpf_link_create_opts {
+            sz: std::mem::size_of::<libbpf_sys::bpf_link_create_opts>() as _,
+            ..Default::default()
+        };
+        if self.program == Program::Writer {
+            opts.flags = libbpf_sys::BPF_F_BEFORE;
+        }
+        // SAFETY: plain syscall wrapper; `opts` is a valid, sized options struct.
+        let fd = unsafe {
+            libbpf_sys::bpf_link_create(
+                prog.as_fd().as_raw_fd(),
+                self.ifindex as i32,
+                libbpf_sys::BPF_TCX_EGRESS,
+                &opts,
+            )
+        };
+        if fd < 0 {
+            let errno = -fd;
+            // Kernels before 6.6 reject the attach type.
+            if [libc::EINVAL, libc::EOPNOTSUPP, ENOTSUPP].contains(&errno) {
+                return Err(NoTcx.into());
+            }
+            return Err(io::Error::from_raw_os_error(errno)).context("creating a TCX link");
+        }
+        // SAFETY: bpf_link_create returned a new fd that nothing else owns.
+        // Dropping it before the pin exists detaches the link again: no half state.
+        let link = unsafe { OwnedFd::from_raw_fd(fd) };
+        crash_point(match self.program {
+            Program::Writer => Step::WriterLinkCreated,
+            Program::Reader => Step::ReaderLinkCreated,
+        });
+        pin_fd(link.as_fd(), &self.link_pin)
     }
 }
 
-/// Why a TCX attach failed: the kernel has no TCX, or something else.
-pub enum TcxError {
-    Unsupported,
-    Other(anyhow::Error),
-}
-
-/// Creates a TCX egress link for `prog` on `ifindex` and pins it at `pin`.
-/// The link lives as long as the pin does. Writers go first on the device,
-/// readers last (see TC_HANDLE).
-pub fn tcx_attach(prog: BorrowedFd<'_>, ifindex: u32, role: Role, pin: &Path) -> Result<(), TcxError> {
-    let mut opts: libbpf_sys::bpf_link_create_opts = unsafe { std::mem::zeroed() };
-    opts.sz = std::mem::size_of::<libbpf_sys::bpf_link_create_opts>() as _;
-    if role == Role::Uplink {
-        opts.flags = libbpf_sys::BPF_F_BEFORE;
-    }
-    let fd = unsafe {
-        libbpf_sys::bpf_link_create(
-            prog.as_raw_fd(),
-            ifindex as i32,
-            libbpf_sys::BPF_TCX_EGRESS,
-            &opts,
-        )
-    };
-    if fd < 0 {
-        let errno = -fd;
-        // Kernels before 6.6 reject the attach type.
-        if errno == libc::EINVAL || errno == libc::EOPNOTSUPP || errno == 524 {
-            return Err(TcxError::Unsupported);
-        }
-        return Err(TcxError::Other(
-            anyhow::Error::from(io::Error::from_raw_os_error(errno)).context("creating a TCX link"),
-        ));
-    }
-    // Dropping the fd before pinning detaches the link again: no half state.
-    let link = unsafe { OwnedFd::from_raw_fd(fd) };
-    crate::crash::crash_point(match role {
-        Role::Uplink => "attach:writer-link-created",
-        Role::Tunnel => "attach:reader-link-created",
-    });
-    pin_fd(link.as_fd(), pin).map_err(TcxError::Other)
-}
+/// The kernel's ENOTSUPP (524), which libc does not name.
+const ENOTSUPP: i32 = 524;
 
 /// What a pinned TCX link points at: its device (0 once the device is gone)
 /// and program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TcxLinkState {
+pub struct TcxLink {
     pub ifindex: u32,
     pub prog_id: u32,
 }
 
 /// Reads the pinned link at `pin`; None if there is no pin.
-pub fn tcx_state(pin: &Path) -> Result<Option<TcxLinkState>> {
+pub fn tcx_link(pin: &Path) -> Result<Option<TcxLink>> {
     if !pin.exists() {
         return Ok(None);
     }
@@ -120,18 +221,23 @@ pub fn tcx_state(pin: &Path) -> Result<Option<TcxLinkState>> {
         LinkTypeInfo::Tcx(tcx) => tcx.ifindex,
         _ => bail!("{} is not a TCX link", pin.display()),
     };
-    Ok(Some(TcxLinkState {
+    Ok(Some(TcxLink {
         ifindex,
         prog_id: info.prog_id,
     }))
 }
 
-/// Points an existing pinned link at another program, atomically: the device
-/// never runs without one.
-pub fn tcx_update(pin: &Path, prog: BorrowedFd<'_>) -> Result<()> {
+/// Points an existing pinned link at another program, atomically.
+fn tcx_update(pin: &Path, prog: &ProgramHandle) -> Result<()> {
     let link = Link::open(pin).with_context(|| format!("opening link {}", pin.display()))?;
-    let ret =
-        unsafe { libbpf_sys::bpf_link_update(link.as_fd().as_raw_fd(), prog.as_raw_fd(), std::ptr::null()) };
+    // SAFETY: plain syscall wrapper on two open fds; NULL options are allowed.
+    let ret = unsafe {
+        libbpf_sys::bpf_link_update(
+            link.as_fd().as_raw_fd(),
+            prog.as_fd().as_raw_fd(),
+            std::ptr::null(),
+        )
+    };
     if ret < 0 {
         return Err(io::Error::from_raw_os_error(-ret)).context("updating a TCX link");
     }
@@ -139,7 +245,7 @@ pub fn tcx_update(pin: &Path, prog: BorrowedFd<'_>) -> Result<()> {
 }
 
 /// Detaches and unpins the link at `pin`; nothing to do if it is gone.
-pub fn tcx_detach(pin: &Path) -> Result<()> {
+fn tcx_remove(pin: &Path) -> Result<()> {
     if !pin.exists() {
         return Ok(());
     }
@@ -150,118 +256,26 @@ pub fn tcx_detach(pin: &Path) -> Result<()> {
     remove_pin(pin)
 }
 
-fn tc_hook(ifindex: u32) -> libbpf_sys::bpf_tc_hook {
-    let mut hook: libbpf_sys::bpf_tc_hook = unsafe { std::mem::zeroed() };
-    hook.sz = std::mem::size_of::<libbpf_sys::bpf_tc_hook>() as _;
-    hook.ifindex = ifindex as i32;
-    hook.attach_point = libbpf_sys::BPF_TC_EGRESS;
-    hook
+/// TcHook wants a program fd even to query or detach, which don't use it.
+fn placeholder_fd() -> Result<File> {
+    File::open("/").context("opening /")
 }
 
-fn tc_opts(role: Role, prog_fd: i32, flags: u32) -> libbpf_sys::bpf_tc_opts {
-    let mut opts: libbpf_sys::bpf_tc_opts = unsafe { std::mem::zeroed() };
-    opts.sz = std::mem::size_of::<libbpf_sys::bpf_tc_opts>() as _;
-    opts.handle = TC_HANDLE;
-    opts.priority = tc_priority(role);
-    opts.prog_fd = prog_fd;
-    opts.flags = flags;
-    opts
+/// No clsact, no filter in the slot, or no such device.
+fn is_gone(e: &libbpf_rs::Error) -> bool {
+    matches!(os_error(e), Some(libc::ENOENT) | Some(libc::ENODEV))
 }
 
-/// The id of the program in pdscp's tc slot on `ifindex`'s egress, if any.
-pub fn tc_state(ifindex: u32, role: Role) -> Result<Option<u32>> {
-    let hook = tc_hook(ifindex);
-    let mut opts = tc_opts(role, 0, 0);
-    let ret = unsafe { libbpf_sys::bpf_tc_query(&hook, &mut opts) };
-    match -ret {
-        0 => Ok(Some(opts.prog_id)),
-        // No clsact, no filter at our slot, or no such device.
-        libc::ENOENT | libc::EINVAL | libc::ENODEV => Ok(None),
-        errno => Err(io::Error::from_raw_os_error(errno)).context("querying tc filters"),
-    }
-}
-
-/// Puts `prog` into pdscp's tc slot on `ifindex`'s egress, creating the
-/// clsact qdisc if the device has none, replacing only pdscp's own filter.
-pub fn tc_attach(prog: BorrowedFd<'_>, ifindex: u32, role: Role) -> Result<()> {
-    ensure_tc_slot_is_ours(ifindex, role)?;
-    let mut hook = tc_hook(ifindex);
-    let ret = unsafe { libbpf_sys::bpf_tc_hook_create(&mut hook) };
-    if ret < 0 && -ret != libc::EEXIST {
-        return Err(io::Error::from_raw_os_error(-ret)).context("creating the clsact qdisc");
-    }
-    crate::crash::crash_point("attach:clsact-ready");
-    let mut opts = tc_opts(role, prog.as_raw_fd(), libbpf_sys::BPF_TC_F_REPLACE);
-    let ret = unsafe { libbpf_sys::bpf_tc_attach(&hook, &mut opts) };
-    if ret < 0 {
-        return Err(io::Error::from_raw_os_error(-ret)).context("attaching a tc filter");
-    }
-    Ok(())
-}
-
-/// Removes pdscp's tc filter from `ifindex`; nothing to do if it is gone.
-pub fn tc_detach(ifindex: u32, role: Role) -> Result<()> {
-    if tc_state(ifindex, role)?.is_none() {
-        return Ok(());
-    }
-    ensure_tc_slot_is_ours(ifindex, role)?;
-    let hook = tc_hook(ifindex);
-    let opts = tc_opts(role, 0, 0);
-    let ret = unsafe { libbpf_sys::bpf_tc_detach(&hook, &opts) };
-    match -ret {
-        0 | libc::ENOENT | libc::ENODEV => Ok(()),
-        errno => Err(io::Error::from_raw_os_error(errno)).context("removing the tc filter"),
-    }
-}
-
-/// Refuses to replace or remove a filter in pdscp's slot that another tool put there.
-fn ensure_tc_slot_is_ours(ifindex: u32, role: Role) -> Result<()> {
-    let Some(id) = tc_state(ifindex, role)? else {
-        return Ok(());
+/// Whether the kernel has TCX (Linux 6.6+). Asking for the TCX programs of
+/// `lo` (ifindex 1 in every namespace) changes nothing and fails with EINVAL
+/// on older kernels, which do not know the attach type.
+pub fn tcx_available() -> bool {
+    let mut opts = libbpf_sys::bpf_prog_query_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_prog_query_opts>() as _,
+        ..Default::default()
     };
-    let name = ProgramHandle::from_prog_id(id)
-        .map(|p| p.name().to_string_lossy().into_owned())
-        .unwrap_or_default();
-    if !name.starts_with(PROG_PREFIX) {
-        bail!(
-            "the tc filter at handle {TC_HANDLE:#x} priority {} on ifindex {ifindex} \
-             runs program {name:?}, which is not pdscp's; leaving it alone",
-            tc_priority(role)
-        );
-    }
-    Ok(())
-}
-
-pub fn pin_fd(fd: BorrowedFd<'_>, pin: &Path) -> Result<()> {
-    let path = std::ffi::CString::new(pin.as_os_str().as_encoded_bytes())?;
-    let ret = unsafe { libbpf_sys::bpf_obj_pin(fd.as_raw_fd(), path.as_ptr()) };
-    if ret < 0 {
-        return Err(io::Error::from_raw_os_error(-ret)).with_context(|| format!("pinning {}", pin.display()));
-    }
-    Ok(())
-}
-
-/// Removes a pin; a pin that is already gone is fine.
-pub fn remove_pin(pin: &Path) -> Result<()> {
-    match std::fs::remove_file(pin) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => {
-            Err(e).with_context(|| format!("unpinning {}", pin.display()))
-        }
-        _ => Ok(()),
-    }
-}
-
-/// The ids of the maps a program uses.
-pub fn prog_map_ids(prog: BorrowedFd<'_>) -> Result<Vec<u32>> {
-    let mut ids = vec![0u32; 16];
-    let mut info: libbpf_sys::bpf_prog_info = unsafe { std::mem::zeroed() };
-    info.nr_map_ids = ids.len() as u32;
-    info.map_ids = ids.as_mut_ptr() as u64;
-    let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
-    let ret = unsafe { libbpf_sys::bpf_prog_get_info_by_fd(prog.as_raw_fd(), &mut info, &mut len) };
-    if ret < 0 {
-        return Err(io::Error::from_raw_os_error(-ret)).context("reading program info");
-    }
-    ids.truncate((info.nr_map_ids as usize).min(16));
-    Ok(ids)
+    // SAFETY: plain syscall wrapper; `opts` is a valid, sized options struct
+    // whose output arrays are NULL (only the count is returned).
+    let ret = unsafe { libbpf_sys::bpf_prog_query_opts(1, libbpf_sys::BPF_TCX_EGRESS, &mut opts) };
+    ret == 0
 }

@@ -3,9 +3,8 @@
 //! Facts come from ioctls on a socket opened in the current network
 //! namespace, not from /sys/class/net: after `setns` (--netns) sysfs still
 //! shows the namespace it was mounted in.
-use std::ffi::CStr;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use anyhow::{bail, Context, Result};
 
@@ -58,6 +57,7 @@ impl Iface {
     pub fn by_name(name: &str) -> Result<Iface> {
         let sock = control_socket()?;
         let ifindex = match ioctl_ifreq(&sock, libc::SIOCGIFINDEX, name) {
+            // SAFETY: SIOCGIFINDEX fills the union's ifindex member.
             Ok(ifr) => (unsafe { ifr.ifr_ifru.ifru_ifindex }) as u32,
             Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {
                 bail!("no network device named {name:?} in this network namespace")
@@ -66,6 +66,7 @@ impl Iface {
         };
         let ifr = ioctl_ifreq(&sock, libc::SIOCGIFHWADDR, name)
             .with_context(|| format!("reading the link type of {name:?}"))?;
+        // SAFETY: SIOCGIFHWADDR fills the union's hwaddr member.
         let link_type = unsafe { ifr.ifr_ifru.ifru_hwaddr.sa_family };
         Ok(Iface {
             name: name.to_string(),
@@ -90,12 +91,7 @@ impl Iface {
 
 /// The name of the device with this ifindex, if one exists in the current namespace.
 pub fn name_of(ifindex: u32) -> Option<String> {
-    let mut buf = [0 as libc::c_char; IFNAMSIZ];
-    let ret = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
-    if ret.is_null() {
-        return None;
-    }
-    let name = unsafe { CStr::from_ptr(buf.as_ptr()) };
+    let name = nix::net::if_::if_indextoname(ifindex).ok()?;
     Some(name.to_string_lossy().into_owned())
 }
 
@@ -121,14 +117,11 @@ pub fn driver(name: &str) -> Option<String> {
         rest: [0; 32 * 4 + 12 + 4 * 5],
     };
     let sock = control_socket().ok()?;
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    if name.len() >= IFNAMSIZ {
-        return None;
-    }
-    for (dst, src) in ifr.ifr_name.iter_mut().zip(name.as_bytes()) {
-        *dst = *src as libc::c_char;
-    }
+    let mut ifr = ifreq_for(name).ok()?;
     ifr.ifr_ifru.ifru_data = (&mut info as *mut DrvInfo).cast();
+    // SAFETY: SIOCETHTOOL with ETHTOOL_GDRVINFO writes at most
+    // size_of::<DrvInfo>() bytes (struct ethtool_drvinfo) through ifru_data,
+    // which points at `info`, alive for the call.
     let ret = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL as _, &mut ifr) };
     if ret < 0 {
         return None;
@@ -152,13 +145,12 @@ pub fn devices() -> Result<std::collections::HashMap<u32, String>> {
     use netlink_packet_route::link::{LinkAttribute, LinkMessage};
     use netlink_packet_route::RouteNetlinkMessage;
 
-    let socket = crate::netlink::connect(netlink_sys::protocols::NETLINK_ROUTE)?;
-    let replies = crate::netlink::request(
+    let socket = super::netlink::connect(netlink_sys::protocols::NETLINK_ROUTE)?;
+    let replies = super::netlink::request(
         &socket,
         RouteNetlinkMessage::GetLink(LinkMessage::default()),
         NLM_F_REQUEST | NLM_F_DUMP,
     )
-    .map_err(io::Error::from_raw_os_error)
     .context("listing network devices")?;
     let mut devices = std::collections::HashMap::new();
     for reply in replies {
@@ -177,21 +169,34 @@ pub fn devices() -> Result<std::collections::HashMap<u32, String>> {
 /// A socket to ask device ioctls in the current network namespace. AF_UNIX
 /// works even in a namespace without IPv4.
 fn control_socket() -> Result<OwnedFd> {
-    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error()).context("opening a control socket");
-    }
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    socket(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .context("opening a control socket")
 }
 
-fn ioctl_ifreq(sock: &OwnedFd, request: libc::c_ulong, name: &str) -> io::Result<libc::ifreq> {
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+/// A zeroed ifreq naming the device; ENODEV for names no device can have.
+fn ifreq_for(name: &str) -> io::Result<libc::ifreq> {
     if name.len() >= IFNAMSIZ || name.as_bytes().contains(&0) {
         return Err(io::Error::from_raw_os_error(libc::ENODEV));
     }
+    // SAFETY: ifreq is a plain C struct (a name and a union of integers and
+    // pointers), for which all zero bytes is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in ifr.ifr_name.iter_mut().zip(name.as_bytes()) {
         *dst = *src as libc::c_char;
     }
+    Ok(ifr)
+}
+
+fn ioctl_ifreq(sock: &OwnedFd, request: libc::c_ulong, name: &str) -> io::Result<libc::ifreq> {
+    let mut ifr = ifreq_for(name)?;
+    // SAFETY: the SIOCGIF* requests used here read the name and write one
+    // union member of `ifr`, which lives for the call.
     let ret = unsafe { libc::ioctl(sock.as_raw_fd(), request as _, &mut ifr) };
     if ret < 0 {
         return Err(io::Error::last_os_error());

@@ -1,5 +1,7 @@
 //! One netlink request/reply exchange, shared by the rtnetlink (routes,
 //! links) and generic netlink (WireGuard) queries.
+use std::io;
+
 use anyhow::{Context, Result};
 use netlink_packet_core::{
     NetlinkDeserializable, NetlinkMessage, NetlinkPayload, NetlinkSerializable, NLM_F_DUMP,
@@ -17,9 +19,10 @@ pub fn connect(protocol: isize) -> Result<Socket> {
     Ok(socket)
 }
 
-/// Sends one request and collects its replies (all parts of a dump);
-/// Err(errno) for a netlink error.
-pub fn request<T>(socket: &Socket, payload: T, flags: u16) -> Result<Vec<T>, i32>
+/// Sends one request and collects its replies (all parts of a dump). A
+/// netlink error comes back as the io::Error of its errno, so callers can
+/// match on `raw_os_error()`.
+pub fn request<T>(socket: &Socket, payload: T, flags: u16) -> io::Result<Vec<T>>
 where
     T: NetlinkSerializable + NetlinkDeserializable + std::fmt::Debug,
     NetlinkPayload<T>: From<T>,
@@ -29,21 +32,21 @@ where
     msg.finalize();
     let mut tx = vec![0u8; msg.buffer_len()];
     msg.serialize(&mut tx);
-    let errno = |e: std::io::Error| e.raw_os_error().unwrap_or(libc::EIO);
-    socket.send(&tx, 0).map_err(errno)?;
+    socket.send(&tx, 0)?;
 
     let mut replies = Vec::new();
     loop {
-        let (rx, _) = socket.recv_from_full().map_err(errno)?;
+        let (rx, _) = socket.recv_from_full()?;
         let mut offset = 0;
         while offset < rx.len() {
-            let reply = NetlinkMessage::<T>::deserialize(&rx[offset..]).map_err(|_| libc::EBADMSG)?;
+            let reply = NetlinkMessage::<T>::deserialize(&rx[offset..])
+                .map_err(|_| io::Error::from_raw_os_error(libc::EBADMSG))?;
             let len = reply.header.length as usize;
             match reply.payload {
                 NetlinkPayload::Done(_) => return Ok(replies),
                 NetlinkPayload::Error(e) => {
                     return match e.code {
-                        Some(code) => Err(-code.get()),
+                        Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
                         None => Ok(replies), // an ACK
                     };
                 }

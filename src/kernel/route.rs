@@ -1,4 +1,4 @@
-//! Uplink discovery: which device a tunnel's outer packets leave by, asked
+//! Route lookups: which device a tunnel's outer packets leave by (its uplink), asked
 //! of the kernel's routing (rtnetlink), as `ip route get` would, including
 //! the fwmark a WireGuard device sets (policy routing, mwan3).
 use std::collections::BTreeMap;
@@ -11,13 +11,20 @@ use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::protocols::NETLINK_ROUTE;
 
-use crate::iface::{self, Iface};
-use crate::{netlink, wireguard};
+use super::iface::{self, Iface};
+use super::{netlink, wireguard};
 
 const IPPROTO_UDP: u8 = 17;
+/// How the kernel says there is no route.
+const NO_ROUTE: [i32; 4] = [
+    libc::ENETUNREACH,
+    libc::EHOSTUNREACH,
+    libc::ENETDOWN,
+    libc::EINVAL,
+];
 
 /// The uplink of `tunnel`, when all its peers are reached over one device.
-pub fn discover(tunnel: &Iface) -> Result<String> {
+pub fn discover_uplink(tunnel: &Iface) -> Result<String> {
     // uplink name -> the peer addresses routed over it
     let mut found: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut unrouted = Vec::new();
@@ -93,21 +100,8 @@ fn route_oif(dst: IpAddr, mark: u32, ports: Option<(u16, u16)>) -> Result<Option
     let socket = netlink::connect(NETLINK_ROUTE)?;
     let replies = match netlink::request(&socket, RouteNetlinkMessage::GetRoute(msg), NLM_F_REQUEST) {
         Ok(r) => r,
-        Err(e)
-            if [
-                libc::ENETUNREACH,
-                libc::EHOSTUNREACH,
-                libc::ENETDOWN,
-                libc::EINVAL,
-            ]
-            .contains(&e) =>
-        {
-            return Ok(None)
-        }
-        Err(e) => {
-            return Err(std::io::Error::from_raw_os_error(e))
-                .context(format!("looking up the route to {dst}"))
-        }
+        Err(e) if NO_ROUTE.iter().any(|n| e.raw_os_error() == Some(*n)) => return Ok(None),
+        Err(e) => return Err(e).context(format!("looking up the route to {dst}")),
     };
     let oif = replies.into_iter().find_map(|r| match r {
         RouteNetlinkMessage::NewRoute(m) => m.attributes.into_iter().find_map(|a| match a {
@@ -126,7 +120,6 @@ fn vxlan_remote(ifindex: u32) -> Result<Option<(IpAddr, Option<u32>)>> {
     msg.header.index = ifindex;
     let socket = netlink::connect(NETLINK_ROUTE)?;
     let replies = netlink::request(&socket, RouteNetlinkMessage::GetLink(msg), NLM_F_REQUEST)
-        .map_err(std::io::Error::from_raw_os_error)
         .context("reading link information")?;
     let mut remote = None;
     let mut link = None;

@@ -11,7 +11,7 @@ use netlink_packet_wireguard::{WireguardAttribute, WireguardCmd, WireguardMessag
 use netlink_sys::protocols::NETLINK_GENERIC;
 use netlink_sys::Socket;
 
-use crate::netlink;
+use super::netlink;
 
 /// What pdscp needs to know of a WireGuard device.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -39,11 +39,10 @@ pub fn device(ifname: &str) -> Result<Option<Device>> {
     let replies = match netlink::request(&socket, msg, NLM_F_REQUEST | NLM_F_DUMP) {
         Ok(r) => r,
         // ENODEV: no device of that name; EOPNOTSUPP: not a WireGuard device.
-        Err(errno) if errno == libc::ENODEV || errno == libc::EOPNOTSUPP => return Ok(None),
-        Err(errno) => {
-            return Err(std::io::Error::from_raw_os_error(errno))
-                .with_context(|| format!("asking WireGuard about {ifname}"))
+        Err(e) if [Some(libc::ENODEV), Some(libc::EOPNOTSUPP)].contains(&e.raw_os_error()) => {
+            return Ok(None)
         }
+        Err(e) => return Err(e).with_context(|| format!("asking WireGuard about {ifname}")),
     };
     let mut dev = Device::default();
     for reply in replies {
@@ -76,10 +75,8 @@ fn family_id(socket: &Socket, name: &str) -> Result<Option<u16>> {
     msg.finalize();
     let replies = match netlink::request(socket, msg, NLM_F_REQUEST) {
         Ok(r) => r,
-        Err(libc::ENOENT) => return Ok(None),
-        Err(errno) => {
-            return Err(std::io::Error::from_raw_os_error(errno)).context("resolving a netlink family")
-        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        Err(e) => return Err(e).context("resolving a netlink family"),
     };
     Ok(replies
         .into_iter()

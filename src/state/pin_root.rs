@@ -11,7 +11,8 @@ use fs2::FileExt;
 use nix::mount::{mount, MsFlags};
 use nix::sys::statfs::statfs;
 
-use crate::pins::UplinkPins;
+use super::uplink::UplinkDir;
+use crate::kernel::iface;
 
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/preserve-dscp";
 const BPFFS_MOUNT_POINT: &str = "/sys/fs/bpf";
@@ -79,12 +80,12 @@ impl PinRoot {
         })
     }
 
-    pub fn uplink(&self, name: &str) -> UplinkPins {
-        UplinkPins::new(name, self.path.join(name))
+    pub fn uplink(&self, name: &str) -> UplinkDir {
+        UplinkDir::new(name, self.path.join(name))
     }
 
     /// Every uplink with state under this root.
-    pub fn uplinks(&self) -> Result<Vec<UplinkPins>> {
+    pub fn uplinks(&self) -> Result<Vec<UplinkDir>> {
         let mut uplinks = Vec::new();
         for entry in fs::read_dir(&self.path).with_context(|| format!("reading {}", self.path.display()))? {
             let entry = entry?;
@@ -92,7 +93,7 @@ impl PinRoot {
                 continue;
             }
             if let Some(name) = entry.file_name().to_str() {
-                if crate::iface::validate_name(name).is_ok() {
+                if iface::validate_name(name).is_ok() {
                     uplinks.push(self.uplink(name));
                 }
             }

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::mem::MaybeUninit;
-use std::net::{Ipv4Addr, Ipv6Addr, UdpSocket};
+use std::net::{Ipv4Addr, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
@@ -33,7 +33,6 @@ use std::thread;
 use std::time::Duration;
 
 use libbpf_rs::libbpf_sys;
-use libbpf_rs::query::{LinkInfoIter, LinkTypeInfo};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, ProgramHandle};
 use proptest::prelude::*;
@@ -47,99 +46,16 @@ mod foreign_skel {
     include!(concat!(env!("OUT_DIR"), "/test_foreign.skel.rs"));
 }
 
-const BIN: &str = env!("CARGO_BIN_EXE_pdscp");
-/// Upper bound for one command (a hung pdscp fails the test, never blocks it).
-const RUN_TIMEOUT: Duration = Duration::from_secs(30);
 /// The second uplink, between a and b beside up0.
 const UP1: &str = "up1";
 const A1_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
 const B1_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
-/// Priorities of pdscp's cls_bpf filters (writer, reader).
-const PDSCP_PRIO_WRITER: u64 = 3420;
-const PDSCP_PRIO_READER: u64 = 3421;
 /// EF, the mark every test flow carries.
 const EF: u8 = 0xb8;
-
-/// Every crash point of attach and detach, in the order a command passes them.
-const CRASH_STEPS: [&str; 14] = [
-    "attach:loaded",
-    "attach:maps-pinned",
-    "attach:pinned",
-    "attach:writer-link-created",
-    "attach:clsact-ready",
-    "attach:uplink-attached",
-    "attach:tunnel-recorded",
-    "attach:tunnel-dir-created",
-    "attach:reader-link-created",
-    "detach:reader-detached",
-    "detach:tunnel-forgotten",
-    "detach:tunnel-released",
-    "detach:writer-detached",
-    "detach:unpinning",
-];
-
-/// Whether a crash step exists in a mode (TCX links vs. clsact filters).
-fn step_applies(step: &str, mode: &str) -> bool {
-    match step {
-        "attach:writer-link-created" | "attach:reader-link-created" => mode == "tcx",
-        "attach:clsact-ready" => mode == "tc",
-        _ => true,
-    }
-}
-
-static UNIQUE: AtomicUsize = AtomicUsize::new(0);
-
-/// `<tag>-<pid>-<n>`, unique on this machine while the process lives.
-fn unique(tag: &str) -> String {
-    let n = UNIQUE.fetch_add(1, Ordering::Relaxed);
-    format!("{tag}-{}-{n}", std::process::id())
-}
 
 // ---------------------------------------------------------------------------
 // Running pdscp
 // ---------------------------------------------------------------------------
-
-/// `pdscp --pin-root ROOT [--netns NS] ARGS...`, without inherited test hooks.
-fn pdscp_cmd<S: AsRef<OsStr>>(root: &Path, ns: Option<&Netns>, args: &[S]) -> Command {
-    ensure_bpffs();
-    let mut cmd = Command::new(BIN);
-    cmd.env_remove("PDSCP_TEST_CRASH_AT")
-        .env_remove("PDSCP_TEST_JOURNAL")
-        .env_remove("PDSCP_PIN_ROOT")
-        .arg("--pin-root")
-        .arg(root);
-    if let Some(ns) = ns {
-        cmd.arg("--netns").arg(&ns.name);
-    }
-    cmd.args(args);
-    cmd
-}
-
-/// Runs a command to completion with its output captured: no stdin, no core
-/// dump (an injected crash aborts), working directory / unless set, killed
-/// after [`RUN_TIMEOUT`].
-fn run_cmd(mut cmd: Command) -> Output {
-    if cmd.get_current_dir().is_none() {
-        cmd.current_dir("/");
-    }
-    // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
-    unsafe {
-        cmd.pre_exec(|| {
-            let none = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            libc::setrlimit(libc::RLIMIT_CORE, &none);
-            Ok(())
-        });
-    }
-    run_bounded(cmd, RUN_TIMEOUT)
-}
-
-/// pdscp on the bed's namespace a and pin root.
-fn pd<S: AsRef<OsStr>>(bed: &TestBed, args: &[S]) -> Output {
-    run_cmd(pdscp_cmd(&bed.pin_root, Some(&bed.a), args))
-}
 
 /// pdscp that aborts at crash point `step` if the command gets there.
 fn pd_crash<S: AsRef<OsStr>>(bed: &TestBed, step: &str, args: &[S]) -> Output {
@@ -148,109 +64,14 @@ fn pd_crash<S: AsRef<OsStr>>(bed: &TestBed, step: &str, args: &[S]) -> Output {
     run_cmd(cmd)
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}stderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// Whether pdscp died at an injected crash point.
 fn crashed(out: &Output) -> bool {
     out.status.signal() == Some(libc::SIGABRT)
 }
 
-fn attach_args(t: &Tunnel, uplink: &str, mode: &str) -> Vec<String> {
-    [
-        "attach",
-        &t.name,
-        "--uplink",
-        uplink,
-        "--port",
-        &t.srcport.to_string(),
-        "--mode",
-        mode,
-    ]
-    .map(String::from)
-    .to_vec()
-}
-
-fn attach(bed: &TestBed, t: &Tunnel, uplink: &str, mode: &str) -> String {
-    ok(pd(bed, &attach_args(t, uplink, mode)))
-}
-
-fn detach(bed: &TestBed, t: &Tunnel) -> String {
-    ok(pd(bed, &["detach", &t.name]))
-}
-
-fn status_at(root: &Path, ns: &Netns) -> Value {
-    let json = ok(run_cmd(pdscp_cmd(root, Some(ns), &["status", "--json"])));
-    serde_json::from_str(&json).unwrap_or_else(|e| panic!("status --json: {e}: {json}"))
-}
-
-fn status(bed: &TestBed) -> Value {
-    status_at(&bed.pin_root, &bed.a)
-}
-
-/// `status --json` without what background traffic moves (counters, flow count).
-fn status_without_counters(root: &Path, ns: &Netns) -> Value {
-    let mut s = status_at(root, ns);
-    for u in s["uplinks"].as_array_mut().into_iter().flatten() {
-        let u = u.as_object_mut().expect("uplink object");
-        u.remove("counters");
-        u.remove("map_entries");
-    }
-    s
-}
-
 // ---------------------------------------------------------------------------
-// The bed: a second uplink, tunnels on a chosen uplink
+// The bed: tunnels on a chosen uplink
 // ---------------------------------------------------------------------------
-
-/// A veth pair `dev` between a and b with `a_ip`/24 and `b_ip`/24, static
-/// neighbours and UDP-tunnel segmentation off (as the bed's up0).
-fn add_veth(bed: &TestBed, dev: &str, a_ip: Ipv4Addr, b_ip: Ipv4Addr, n: u8) {
-    bed.a.sh(&format!(
-        "ip link add {dev} type veth peer name {dev} netns {}",
-        bed.b.name
-    ));
-    let (mac_a, mac_b) = (
-        format!("02:00:00:02:{n:02x}:01"),
-        format!("02:00:00:02:{n:02x}:02"),
-    );
-    for (ns, mac, ip, peer_ip, peer_mac) in [
-        (&bed.a, &mac_a, a_ip, b_ip, &mac_b),
-        (&bed.b, &mac_b, b_ip, a_ip, &mac_a),
-    ] {
-        ns.sh(&format!(
-            "set -e
-             ip link set {dev} address {mac}
-             ip addr add {ip}/24 dev {dev}
-             ip neigh replace {peer_ip} lladdr {peer_mac} dev {dev} nud permanent
-             ip link set {dev} up"
-        ));
-        set_features_off(
-            ns,
-            dev,
-            &["tx-udp_tnl-segmentation", "tx-udp_tnl-csum-segmentation"],
-        );
-    }
-}
-
-/// A VXLAN tunnel with a fixed outer source port (WireGuard's stand-in).
-struct TunnelSpec<'a> {
-    name: &'a str,
-    vni: u32,
-    srcport: u16,
-    /// `dev LOWER`: bound to the uplink (and deleted with it); None: routed.
-    lower: Option<&'a str>,
-    a_ip: Ipv4Addr,
-    b_ip: Ipv4Addr,
-    /// Inner subnet 198.19.`inner`.0/24 (unique per bed).
-    inner: u8,
-}
 
 /// A tunnel bound to uplink `lower` (`dev LOWER`), between `a_ip` and `b_ip`.
 fn on<'a>(
@@ -273,48 +94,6 @@ fn on<'a>(
     }
 }
 
-/// Creates the tunnel in a (and in b unless `a_only`), like
-/// `TestBed::add_vxlan` but over any uplink. Only the inner IPv4 addresses
-/// are configured.
-fn add_tunnel(bed: &TestBed, s: &TunnelSpec, a_only: bool) -> Tunnel {
-    let i = s.inner;
-    let t = Tunnel {
-        name: s.name.to_string(),
-        vni: s.vni,
-        srcport: s.srcport,
-        dstport: VXLAN_PORT,
-        underlay: Underlay::V4,
-        inner_v4_a: Ipv4Addr::new(198, 19, i, 1),
-        inner_v4_b: Ipv4Addr::new(198, 19, i, 2),
-        inner_v6_a: Ipv6Addr::new(0x2001, 0xdb8, i.into(), 0, 0, 0, 0, 1),
-        inner_v6_b: Ipv6Addr::new(0x2001, 0xdb8, i.into(), 0, 0, 0, 0, 2),
-    };
-    let lower = s.lower.map(|d| format!("dev {d}")).unwrap_or_default();
-    let (mac_a, mac_b) = (
-        format!("02:00:00:01:{i:02x}:01"),
-        format!("02:00:00:01:{i:02x}:02"),
-    );
-    let sides = [
-        (&bed.a, s.a_ip, s.b_ip, &mac_a, t.inner_v4_a, &mac_b, t.inner_v4_b),
-        (&bed.b, s.b_ip, s.a_ip, &mac_b, t.inner_v4_b, &mac_a, t.inner_v4_a),
-    ];
-    for (ns, local, remote, mac, addr, peer_mac, peer) in sides.into_iter().take(if a_only { 1 } else { 2 }) {
-        ns.sh(&format!(
-            "set -e
-             ip link add {name} address {mac} type vxlan id {vni} local {local} remote {remote} {lower} \
-                dstport {VXLAN_PORT} srcport {sp} {sp_end} nolearning
-             ip addr add {addr}/24 dev {name}
-             ip neigh replace {peer} lladdr {peer_mac} dev {name} nud permanent
-             ip link set {name} up",
-            name = s.name,
-            vni = s.vni,
-            sp = s.srcport,
-            sp_end = s.srcport + 1,
-        ));
-    }
-    t
-}
-
 // ---------------------------------------------------------------------------
 // Traffic
 // ---------------------------------------------------------------------------
@@ -323,22 +102,6 @@ fn add_tunnel(bed: &TestBed, s: &TunnelSpec, a_only: bool) -> Tunnel {
 fn send_ef(bed: &TestBed, tunnels: &[&Tunnel], dport: u16, n: usize) {
     for t in tunnels {
         send_udp(&bed.a, t.b_addr(false), dport, EF, n);
-    }
-}
-
-/// Captures on b's side of several uplinks at once.
-struct Wire(Vec<Capture>);
-
-fn wire(bed: &TestBed, devs: &[&str]) -> Wire {
-    Wire(devs.iter().map(|d| Capture::start(&bed.b, d)).collect())
-}
-
-impl Wire {
-    fn stop(self) -> Vec<Vec<u8>> {
-        thread::scope(|s| {
-            let hs: Vec<_> = self.0.into_iter().map(|c| s.spawn(move || c.stop())).collect();
-            hs.into_iter().flat_map(|h| h.join().expect("capture")).collect()
-        })
     }
 }
 
@@ -394,388 +157,6 @@ fn expect_marked_iff(frames: &[Vec<u8>], t: &Tunnel, dport: u16, n: usize, attac
     }
 }
 
-// ---------------------------------------------------------------------------
-// What the kernel runs, and whether pdscp's pins account for it
-// ---------------------------------------------------------------------------
-
-/// A BPF program on a device's egress in one namespace.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Hook {
-    dev: String,
-    /// "tc" (a cls_bpf filter at priority `pref`) or "tcx".
-    how: &'static str,
-    pref: u64,
-    prog_id: u32,
-    prog_name: String,
-}
-
-/// The devices of `ns`: name -> ifindex.
-fn devices(ns: &Netns) -> BTreeMap<String, u32> {
-    let v: Value = serde_json::from_str(&ns.sh("ip -j link show")).expect("ip -j link");
-    v.as_array()
-        .expect("ip -j link: array")
-        .iter()
-        .map(|l| {
-            (
-                l["ifname"].as_str().expect("ifname").to_string(),
-                l["ifindex"].as_u64().expect("ifindex") as u32,
-            )
-        })
-        .collect()
-}
-
-fn prog_name(id: u32) -> String {
-    ProgramHandle::from_prog_id(id)
-        .map(|p| p.name().to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
-/// The programs on TCX egress of `ifindex` in the calling thread's namespace.
-fn tcx_prog_ids(ifindex: u32) -> Vec<u32> {
-    let mut ids = [0u32; 64];
-    let mut opts = libbpf_sys::bpf_prog_query_opts {
-        sz: std::mem::size_of::<libbpf_sys::bpf_prog_query_opts>() as _,
-        prog_ids: ids.as_mut_ptr(),
-        ..Default::default()
-    };
-    opts.__bindgen_anon_1.count = ids.len() as u32;
-    // SAFETY: `opts` points at `ids`, which holds `count` entries.
-    let ret =
-        unsafe { libbpf_sys::bpf_prog_query_opts(ifindex as i32, libbpf_sys::BPF_TCX_EGRESS, &mut opts) };
-    if ret < 0 {
-        return Vec::new(); // The device went away meanwhile.
-    }
-    // SAFETY: the kernel wrote the count back.
-    let n = unsafe { opts.__bindgen_anon_1.count } as usize;
-    ids[..n.min(ids.len())].to_vec()
-}
-
-/// Every BPF program on the egress of every device of `ns` (cls_bpf filters
-/// and TCX programs), with the devices.
-fn hooks(ns: &Netns) -> (BTreeMap<String, u32>, Vec<Hook>) {
-    let devs = devices(ns);
-    let script: String = devs
-        .keys()
-        .map(|d| format!("echo '== {d}'; tc -j filter show dev '{d}' egress 2>/dev/null; echo; "))
-        .collect();
-    let mut hooks = Vec::new();
-    let mut dev = String::new();
-    for line in ns.sh(&script).lines() {
-        if let Some(d) = line.strip_prefix("== ") {
-            dev = d.to_string();
-            continue;
-        }
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("tc json {e}: {line}"));
-        for f in v.as_array().into_iter().flatten() {
-            if let Some(prog) = f.pointer("/options/prog") {
-                hooks.push(Hook {
-                    dev: dev.clone(),
-                    how: "tc",
-                    pref: f["pref"].as_u64().unwrap_or(0),
-                    prog_id: prog["id"].as_u64().expect("prog id") as u32,
-                    prog_name: prog["name"].as_str().unwrap_or("").to_string(),
-                });
-            }
-        }
-    }
-    let list: Vec<(String, u32)> = devs.clone().into_iter().collect();
-    let tcx = ns.run_in("tcx query", move || {
-        list.into_iter()
-            .flat_map(|(d, i)| tcx_prog_ids(i).into_iter().map(move |id| (d.clone(), id)))
-            .collect::<Vec<_>>()
-    });
-    for (dev, prog_id) in tcx {
-        hooks.push(Hook {
-            dev,
-            how: "tcx",
-            pref: 0,
-            prog_id,
-            prog_name: prog_name(prog_id),
-        });
-    }
-    hooks.sort();
-    (devs, hooks)
-}
-
-/// pdscp's programs (by name) on the devices of `ns`.
-fn pdscp_hooks(ns: &Netns) -> Vec<Hook> {
-    hooks(ns)
-        .1
-        .into_iter()
-        .filter(|h| h.prog_name.starts_with("pdscp_"))
-        .collect()
-}
-
-fn prog_id_at(pin: &Path) -> Option<u32> {
-    ProgramHandle::from_pinned_path(pin).ok().map(|p| p.id())
-}
-
-fn map_len(pin: &Path) -> Option<usize> {
-    MapHandle::from_pinned_path(pin).ok().map(|m| m.keys().count())
-}
-
-/// Slots of the pinned dev_slots array in use (role byte set).
-fn used_slots(pin: &Path) -> Option<usize> {
-    let map = MapHandle::from_pinned_path(pin).ok()?;
-    let max = libbpf_rs::MapInfo::new(map.as_fd()).ok()?.info.max_entries;
-    let mut used = 0;
-    for i in 0..max {
-        let value = map.lookup(&i.to_ne_bytes(), MapFlags::ANY).ok()??;
-        used += usize::from(value[0] != 0);
-    }
-    Some(used)
-}
-
-/// Bits set in the pinned port bitmap.
-fn port_bits(pin: &Path) -> Option<usize> {
-    let map = MapHandle::from_pinned_path(pin).ok()?;
-    let value = map.lookup(&0u32.to_ne_bytes(), MapFlags::ANY).ok()??;
-    Some(value.iter().map(|b| b.count_ones() as usize).sum())
-}
-
-/// Names in a directory (empty if it does not exist).
-fn dir_names(dir: &Path) -> BTreeSet<String> {
-    match fs::read_dir(dir) {
-        Ok(entries) => entries
-            .map(|e| e.expect("dir entry").file_name().to_string_lossy().into_owned())
-            .collect(),
-        Err(_) => BTreeSet::new(),
-    }
-}
-
-/// uplink -> its attached tunnels.
-type Attached = BTreeMap<String, BTreeSet<String>>;
-
-fn attached_map(entries: &[(&str, &[&str])]) -> Attached {
-    entries
-        .iter()
-        .map(|(u, ts)| (u.to_string(), ts.iter().map(|t| t.to_string()).collect()))
-        .collect()
-}
-
-/// Checks pdscp's pins under `root` against what the kernel runs in `ns`,
-/// and returns uplink -> tunnels. Fails on: an uplink directory without
-/// tunnels or without its programs; a writer that does not run on its
-/// uplink; a tunnel directory whose reader does not run on the device; a
-/// pinned link that is defunct or on another device or program; a pdscp
-/// program on any device of `ns` that the pins do not account for (stale,
-/// orphaned or twice); a TCX link of the pinned programs anywhere that is
-/// not on an accounted device; registry entries (`ifaces`, `ports`) beyond
-/// the attached devices.
-fn audit_at(ns: &Netns, root: &Path) -> Result<Attached, String> {
-    let (devs, hooks) = hooks(ns);
-    let mut problems = Vec::new();
-    let mut accounted: BTreeSet<(String, u32)> = BTreeSet::new();
-    let mut ours = BTreeSet::new();
-    let mut state = Attached::new();
-    let check_link = |pin: &Path, dev: &str, prog: u32, problems: &mut Vec<String>| {
-        if !pin.exists() {
-            return;
-        }
-        match pdscp::attach::tcx_state(pin) {
-            Ok(Some(s)) if Some(&s.ifindex) == devs.get(dev) && s.prog_id == prog => {}
-            other => problems.push(format!(
-                "{}: pinned link is not {prog} on {dev}: {other:?}",
-                pin.display()
-            )),
-        }
-    };
-    for uplink in dir_names(root) {
-        let dir = root.join(&uplink);
-        if !dir.is_dir() {
-            problems.push(format!("{}: not a directory", dir.display()));
-            continue;
-        }
-        let tunnels = dir_names(&dir.join("tunnels"));
-        if tunnels.is_empty() {
-            problems.push(format!("{uplink}: uplink directory without tunnels"));
-        }
-        let (Some(reader), Some(writer)) = (prog_id_at(&dir.join("reader")), prog_id_at(&dir.join("writer")))
-        else {
-            problems.push(format!("{uplink}: reader or writer not pinned"));
-            continue;
-        };
-        ours.extend([reader, writer]);
-        let runs = |dev: &str, id: u32| hooks.iter().any(|h| h.dev == dev && h.prog_id == id);
-        if runs(&uplink, writer) {
-            accounted.insert((uplink.clone(), writer));
-        } else {
-            problems.push(format!("{uplink}: its writer (prog {writer}) does not run on it"));
-        }
-        check_link(&dir.join("link"), &uplink, writer, &mut problems);
-        for t in &tunnels {
-            if runs(t, reader) {
-                accounted.insert((t.clone(), reader));
-            } else {
-                problems.push(format!(
-                    "{uplink}/tunnels/{t}: pinned, but its reader (prog {reader}) does not run on {t}"
-                ));
-            }
-            check_link(
-                &dir.join("tunnels").join(t).join("link"),
-                t,
-                reader,
-                &mut problems,
-            );
-        }
-        // The registry has the uplink and its tunnels; the programs' copies
-        // agree: a slot per device, a port bit per tunnel (ports are distinct here).
-        let registry = (
-            map_len(&dir.join("ifaces")),
-            used_slots(&dir.join("dev_slots")),
-            port_bits(&dir.join("ports")),
-        );
-        let n = tunnels.len();
-        if registry != (Some(n + 1), Some(n + 1), Some(n)) {
-            problems.push(format!(
-                "{uplink}: registry (ifaces, dev_slots, port bits) = {registry:?} for {n} tunnels"
-            ));
-        }
-        state.insert(uplink, tunnels);
-    }
-    for h in &hooks {
-        if h.prog_name.starts_with("pdscp_") && !accounted.contains(&(h.dev.clone(), h.prog_id)) {
-            problems.push(format!("orphaned pdscp program: {h:?}"));
-        }
-    }
-    for (dev, id) in &accounted {
-        let n = hooks.iter().filter(|h| &h.dev == dev && h.prog_id == *id).count();
-        if n != 1 {
-            problems.push(format!("prog {id} runs {n} times on {dev}"));
-        }
-    }
-    // Every TCX link of these programs, in any namespace, is one of the above.
-    let tcx_hooks = hooks
-        .iter()
-        .filter(|h| h.how == "tcx" && ours.contains(&h.prog_id))
-        .count();
-    let links: Vec<_> = LinkInfoIter::default()
-        .filter(|l| ours.contains(&l.prog_id))
-        .collect();
-    for l in &links {
-        match &l.info {
-            LinkTypeInfo::Tcx(t) if t.ifindex != 0 => {}
-            other => problems.push(format!(
-                "link {} of prog {} is defunct: {other:?}",
-                l.id, l.prog_id
-            )),
-        }
-    }
-    if links.len() != tcx_hooks {
-        problems.push(format!(
-            "{} TCX links of pdscp's programs, {tcx_hooks} attached in the namespace",
-            links.len()
-        ));
-    }
-    if problems.is_empty() {
-        Ok(state)
-    } else {
-        Err(format!(
-            "pins and kernel disagree:\n  {}\npdscp programs: {:#?}\npins: {:#?}",
-            problems.join("\n  "),
-            hooks
-                .iter()
-                .filter(|h| h.prog_name.starts_with("pdscp_"))
-                .collect::<Vec<_>>(),
-            listing(root)
-        ))
-    }
-}
-
-fn audit(bed: &TestBed) -> Result<Attached, String> {
-    audit_at(&bed.a, &bed.pin_root)
-}
-
-/// What `status --json` says is attached; every uplink and tunnel it lists
-/// must be present and attached (a listed, unattached one is stale state).
-fn status_view(bed: &TestBed) -> Attached {
-    let s = status(bed);
-    let mut view = Attached::new();
-    for u in s["uplinks"].as_array().expect("uplinks") {
-        let name = u["name"].as_str().expect("name").to_string();
-        assert!(
-            u["present"] == true && u["attached"] == true && u.get("error").is_none(),
-            "status: {u}"
-        );
-        let tunnels = view.entry(name).or_default();
-        for t in u["tunnels"].as_array().expect("tunnels") {
-            assert!(t["present"] == true && t["attached"] == true, "status: {t}");
-            tunnels.insert(t["name"].as_str().expect("name").to_string());
-        }
-    }
-    view
-}
-
-/// The pins and the kernel agree, status agrees, and both say `expected`.
-fn assert_state(bed: &TestBed, expected: &Attached, what: &str) {
-    let pins = audit(bed).unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert_eq!(&pins, expected, "{what}: pins");
-    assert_eq!(&status_view(bed), expected, "{what}: status --json");
-}
-
-/// Recursive listing (path, type, mode, owner, inode) of `dir`, following no
-/// symlinks: a pin replaced by another shows a new inode.
-fn listing(dir: &Path) -> Vec<String> {
-    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
-        let Ok(entries) = fs::read_dir(dir) else {
-            return;
-        };
-        let mut entries: Vec<_> = entries.map(|e| e.expect("dir entry").path()).collect();
-        entries.sort();
-        for p in entries {
-            let m = fs::symlink_metadata(&p).expect("metadata");
-            let rel = p.strip_prefix(base).expect("under base").display().to_string();
-            let kind = if m.is_dir() {
-                "d"
-            } else if m.file_type().is_symlink() {
-                "l"
-            } else {
-                "f"
-            };
-            out.push(format!(
-                "{kind} {rel} {:o} {} {}",
-                m.mode() & 0o7777,
-                m.uid(),
-                m.ino()
-            ));
-            if m.is_dir() {
-                walk(base, &p, out);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(dir, dir, &mut out);
-    out
-}
-
-/// A scratch directory, removed with everything in it (pins too) on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(parent: &Path, tag: &str) -> Scratch {
-        let p = parent.join(unique(tag));
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .recursive(true)
-            .create(&p)
-            .unwrap_or_else(|e| panic!("creating {}: {e}", p.display()));
-        Scratch(p)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A small deterministic PRNG (xorshift64*) for shuffles.
 struct Rng(u64);
 
@@ -809,7 +190,7 @@ impl Rng {
 #[test]
 fn concurrent_commands_end_as_the_last_one_asked() {
     let bed = TestBed::new();
-    add_veth(&bed, UP1, A1_V4, B1_V4, 1);
+    bed.add_veth(UP1, A1_V4, B1_V4, 1);
     let tunnels: Vec<(Tunnel, &str, &str)> = (0u8..8)
         .map(|i| {
             let (uplink, a_ip, b_ip, mode) = if i < 4 {
@@ -827,7 +208,7 @@ fn concurrent_commands_end_as_the_last_one_asked() {
                 b_ip,
                 inner: i + 1,
             };
-            (add_tunnel(&bed, &spec, false), uplink, mode)
+            (bed.add_tunnel(&spec, false), uplink, mode)
         })
         .collect();
     let scratch = Scratch::new(&std::env::temp_dir(), "pdscp-journal");
@@ -1035,15 +416,15 @@ const REPAIRS: [Repair; 4] = [
 /// Every failed scenario is listed at the end.
 fn interruptions(mode: &str) {
     let bed = TestBed::new();
-    add_veth(&bed, UP1, A1_V4, B1_V4, 1);
-    let by = add_tunnel(&bed, &on("by0", 300, 42000, UPLINK, A_V4, B_V4, 1), false);
+    bed.add_veth(UP1, A1_V4, B1_V4, 1);
+    let by = bed.add_tunnel(&on("by0", 300, 42000, UPLINK, A_V4, B_V4, 1), false);
     let victims = [
         (
-            add_tunnel(&bed, &on("vic0", 301, 42010, UPLINK, A_V4, B_V4, 2), false),
+            bed.add_tunnel(&on("vic0", 301, 42010, UPLINK, A_V4, B_V4, 2), false),
             UPLINK,
         ),
         (
-            add_tunnel(&bed, &on("vic1", 302, 42020, UP1, A1_V4, B1_V4, 3), false),
+            bed.add_tunnel(&on("vic1", 302, 42020, UP1, A1_V4, B1_V4, 3), false),
             UP1,
         ),
     ];
@@ -1101,14 +482,14 @@ fn interruptions(mode: &str) {
                         detach(&bed, vic);
                     }
                     Repair::StatusThenGc => {
-                        let text = ok(pd(&bed, &["status", "--json"]));
+                        let text = ok(bed.pdscp(&["status", "--json"]));
                         serde_json::from_str::<Value>(&text)
                             .unwrap_or_else(|e| panic!("{what}: status {e}: {text}"));
-                        ok(pd(&bed, &["gc"]));
+                        ok(bed.pdscp(&["gc"]));
                         commands += 1;
                     }
                     Repair::Gc => {
-                        ok(pd(&bed, &["gc"]));
+                        ok(bed.pdscp(&["gc"]));
                     }
                 }
                 commands += 1;
@@ -1167,7 +548,7 @@ fn interruptions(mode: &str) {
                 failures.push(msg);
                 // Back to the bystander alone for the next scenario.
                 for args in [&["gc"][..], &["detach", &vic.name], &["gc"]] {
-                    let _ = pd(&bed, args);
+                    let _ = bed.pdscp(args);
                 }
                 assert_state(&bed, &only_by, &format!("{what}: cleaning up after a failure"));
             }
@@ -1209,9 +590,9 @@ fn interruptions(mode: &str) {
 #[test]
 fn detach_repairs_an_interrupted_command() {
     let bed = TestBed::new();
-    add_veth(&bed, UP1, A1_V4, B1_V4, 1);
-    let by = add_tunnel(&bed, &on("by0", 300, 42000, UPLINK, A_V4, B_V4, 1), false);
-    let vic = add_tunnel(&bed, &on("vic1", 302, 42020, UP1, A1_V4, B1_V4, 3), false);
+    bed.add_veth(UP1, A1_V4, B1_V4, 1);
+    let by = bed.add_tunnel(&on("by0", 300, 42000, UPLINK, A_V4, B_V4, 1), false);
+    let vic = bed.add_tunnel(&on("vic1", 302, 42020, UP1, A1_V4, B1_V4, 3), false);
     let only_by = attached_map(&[(UPLINK, &["by0"])]);
     let mut left = Vec::new();
     let mut tried = 0;
@@ -1256,7 +637,7 @@ fn detach_repairs_an_interrupted_command() {
                     }
                 ));
             }
-            ok(pd(&bed, &["gc"]));
+            ok(bed.pdscp(&["gc"]));
             assert_state(&bed, &only_by, &format!("{mode} {step}: gc cleans up"));
         }
         detach(&bed, &by);
@@ -1299,9 +680,9 @@ fn gc_repairs(mode: &str) {
         b_ip: B_V4,
         inner,
     };
-    let g1 = add_tunnel(&bed, &spec("gt1", 401, 43000, 1), false);
-    let g2 = add_tunnel(&bed, &spec("gt2", 402, 43010, 2), false);
-    let g3 = add_tunnel(&bed, &spec("gt3", 403, 43020, 3), false);
+    let g1 = bed.add_tunnel(&spec("gt1", 401, 43000, 1), false);
+    let g2 = bed.add_tunnel(&spec("gt2", 402, 43010, 2), false);
+    let g3 = bed.add_tunnel(&spec("gt3", 403, 43020, 3), false);
     for t in [&g1, &g2, &g3] {
         attach(&bed, t, UPLINK, mode);
     }
@@ -1309,7 +690,7 @@ fn gc_repairs(mode: &str) {
 
     // A deleted tunnel device.
     bed.a.sh("ip link del gt3");
-    let msg = ok(pd(&bed, &["gc"]));
+    let msg = ok(bed.pdscp(&["gc"]));
     assert!(msg.contains("gt3: released"), "{mode}: {msg}");
     assert!(!bed.pin_root.join(UPLINK).join("tunnels/gt3").exists());
     assert_state(&bed, &attached_map(&[(UPLINK, &["gt1", "gt2"])]), "gt3 deleted");
@@ -1317,7 +698,7 @@ fn gc_repairs(mode: &str) {
     // A tunnel recreated under the same name.
     let old = bed.a.ifindex("gt2");
     bed.a.sh("ip link del gt2");
-    add_tunnel(&bed, &spec("gt2", 402, 43010, 2), true);
+    bed.add_tunnel(&spec("gt2", 402, 43010, 2), true);
     assert_ne!(bed.a.ifindex("gt2"), old, "a new ifindex");
     let s = status(&bed);
     let gt2 = s["uplinks"][0]["tunnels"]
@@ -1332,7 +713,7 @@ fn gc_repairs(mode: &str) {
         "{mode}: recreated device is not the recorded one: {gt2}"
     );
     assert_eq!(gt2["attached"], false, "{mode}: {gt2}");
-    let msg = ok(pd(&bed, &["gc"]));
+    let msg = ok(bed.pdscp(&["gc"]));
     assert!(msg.contains("gt2: released"), "{mode}: {msg}");
     assert_state(&bed, &attached_map(&[(UPLINK, &["gt1"])]), "gt2 recreated");
     let w = wire(&bed, &[UPLINK]);
@@ -1348,7 +729,7 @@ fn gc_repairs(mode: &str) {
     // The uplink recreated: veth pair, addresses, neighbours.
     let old = bed.a.ifindex(UPLINK);
     bed.a.sh(&format!("ip link del {UPLINK}"));
-    add_veth(&bed, UPLINK, A_V4, B_V4, 0);
+    bed.add_veth(UPLINK, A_V4, B_V4, 0);
     assert_ne!(bed.a.ifindex(UPLINK), old, "a new ifindex");
     assert_eq!(
         status(&bed)["uplinks"][0]["attached"],
@@ -1357,7 +738,7 @@ fn gc_repairs(mode: &str) {
     );
     let w = wire(&bed, &[UPLINK]);
     send_ef(&bed, &[&g1], 9203, 3);
-    let msg = ok(pd(&bed, &["gc"]));
+    let msg = ok(bed.pdscp(&["gc"]));
     assert!(msg.contains("writer re-attached"), "{mode}: {msg}");
     assert_state(
         &bed,
@@ -1369,7 +750,7 @@ fn gc_repairs(mode: &str) {
     expect_unmarked(&frames, &g1, 9203, 3, "before gc, no writer on the new uplink");
     expect_marked(&frames, &g1, 9204, 3, "gt1 after gc");
     expect_marked(&frames, &g2, 9204, 3, "gt2 after gc");
-    assert!(ok(pd(&bed, &["gc"])).contains("nothing to repair"));
+    assert!(ok(bed.pdscp(&["gc"])).contains("nothing to repair"));
 }
 
 #[test]
@@ -1453,9 +834,6 @@ fn steady_flow_keeps_its_marks_while_another_tunnel_churns_tc() {
 // 5. Collateral
 // ---------------------------------------------------------------------------
 
-const FOREIGN_PRIO: u16 = 20000;
-const COUNTER_PRIO: u16 = 40000;
-
 /// Somebody else's programs beside pdscp's: test_foreign as a cls_bpf filter
 /// (prio 20000) and as a pinned TCX link, each on the uplink's and the
 /// tunnel's egress, pinned with its map in a directory of its own under
@@ -1494,8 +872,8 @@ impl Foreign {
                 .expect("opening test_foreign");
             let skel = open.load().expect("loading test_foreign");
             let prog_pin = f.pin(label, "prog");
-            pdscp::attach::pin_fd(skel.progs.foreign_count.as_fd(), &prog_pin).expect("pin prog");
-            pdscp::attach::pin_fd(skel.maps.foreign_packets.as_fd(), &f.pin(label, "map")).expect("pin map");
+            pin_fd(skel.progs.foreign_count.as_fd(), &prog_pin).expect("pin prog");
+            pin_fd(skel.maps.foreign_packets.as_fd(), &f.pin(label, "map")).expect("pin map");
             match hook {
                 ForeignHook::Cls => {
                     ensure_clsact(&bed.a, dev);
@@ -1525,7 +903,7 @@ impl Foreign {
                         assert!(fd >= 0, "foreign TCX link on {dev}: errno {}", -fd);
                         // SAFETY: a fresh descriptor nobody else owns.
                         let link = unsafe { OwnedFd::from_raw_fd(fd) };
-                        pdscp::attach::pin_fd(link.as_fd(), &link_pin).expect("pin link");
+                        pin_fd(link.as_fd(), &link_pin).expect("pin link");
                     });
                 }
             }
@@ -1587,7 +965,7 @@ impl Foreign {
                 "{when}: foreign {label} runs on {dev}: {hooks:#?}"
             );
             if hook == ForeignHook::Tcx {
-                let s = pdscp::attach::tcx_state(&self.pin(label, "link"))
+                let s = tcx_state(&self.pin(label, "link"))
                     .expect("foreign link")
                     .expect("foreign link pinned");
                 assert_eq!(
@@ -1630,15 +1008,6 @@ impl Foreign {
     }
 }
 
-/// ifindex of `dev` in the calling thread's namespace.
-fn ifindex_here(dev: &str) -> u32 {
-    let c = std::ffi::CString::new(dev).expect("name");
-    // SAFETY: a valid NUL-terminated string.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    assert!(i != 0, "no device {dev}");
-    i
-}
-
 /// Other filters, TCX programs and pins survive every pdscp command (crashes
 /// half way included) and keep counting while pdscp is attached.
 fn collateral(mode: &str) {
@@ -1655,14 +1024,14 @@ fn collateral(mode: &str) {
     let mut step = |args: Vec<String>, crash: Option<&str>| {
         let out = match crash {
             Some(c) => pd_crash(&bed, c, &args),
-            None => pd(&bed, &args),
+            None => bed.pdscp(&args),
         };
         commands += 1;
         if crash.is_some() {
             assert!(
                 crashed(&out),
                 "{mode}: {args:?} should crash at {crash:?}: {}",
-                text(&out)
+                output_text(&out)
             );
             crashes += 1;
         } else {
@@ -1773,10 +1142,10 @@ fn unmountable_bpffs_is_one_line() {
              [ -z \"$left\" ] || { echo \"left in /sys/fs/bpf: $left\" >&2; exit 98; }
              exit $rc",
         )
-        .args(["sh", BIN, "--pin-root", "/sys/fs/bpf/pdscp-unmountable"])
+        .args(["sh", pdscp_bin(), "--pin-root", "/sys/fs/bpf/pdscp-unmountable"])
         .args(attach_args(&t, UPLINK, "auto"));
     let out = run_cmd(cmd);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
     let msg = refused(out, "mounting bpffs on /sys/fs/bpf");
     assert!(msg.contains("EPERM") || msg.contains("not permitted"), "{msg}");
     eprintln!("unmountable bpffs: {}", msg.trim());
@@ -2094,7 +1463,7 @@ fn hostile_input_is_refused_and_changes_nothing() {
         prop_assert!(
             noop || (!out.status.success() && out.status.code().is_some() && !out.stderr.is_empty()),
             "{call:?} {args:?} should be refused: {}",
-            text(&out)
+            output_text(&out)
         );
         if !noop && String::from_utf8_lossy(&out.stderr).lines().count() != 1 {
             multi_line.fetch_add(1, Ordering::Relaxed);
@@ -2153,7 +1522,7 @@ fn refused_attach_leaves_no_pin_root() {
         &["attach", "wg0", "--uplink", UPLINK],
     ] {
         let out = run_cmd(pdscp_cmd(&root, Some(&bed.a), args));
-        assert!(!out.status.success(), "{args:?}: {}", text(&out));
+        assert!(!out.status.success(), "{args:?}: {}", output_text(&out));
         assert_eq!(
             listing(scratch.path()),
             Vec::<String>::new(),
@@ -2191,7 +1560,7 @@ fn errors_about_input_with_a_newline_are_one_line() {
     ));
     let mut split = Vec::new();
     for (what, out) in outs {
-        assert!(!out.status.success(), "{what}: {}", text(&out));
+        assert!(!out.status.success(), "{what}: {}", output_text(&out));
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         if stderr.lines().count() != 1 {
             split.push(format!("{what}: {stderr:?}"));
@@ -2216,8 +1585,8 @@ fn usage_errors_are_one_line() {
         vec!["detach".into(), "--frobnicate".into()],
         vec!["detach".into(), OsString::from_vec(vec![b'w', 0xff])],
     ] {
-        let out = pd(&bed, &args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        let out = bed.pdscp(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", output_text(&out));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(
             stderr.lines().count(),
@@ -2342,7 +1711,7 @@ fn pin_root_below_bpffs_never_mounts_a_second_bpffs() {
                  echo \"$rc $before $after\"",
             )
             .arg("sh")
-            .arg(BIN)
+            .arg(pdscp_bin())
             .arg("--pin-root")
             .arg(&root)
             .args(["--netns", &bed.a.name])
@@ -2422,9 +1791,9 @@ impl Drop for MemoryCgroup {
 #[test]
 fn attach_that_fails_to_load_leaves_nothing() {
     let bed = TestBed::new();
-    add_veth(&bed, UP1, A1_V4, B1_V4, 1);
-    let by = add_tunnel(&bed, &on("lf0", 501, 44000, UPLINK, A_V4, B_V4, 1), false);
-    let t = add_tunnel(&bed, &on("lf1", 502, 44010, UP1, A1_V4, B1_V4, 2), false);
+    bed.add_veth(UP1, A1_V4, B1_V4, 1);
+    let by = bed.add_tunnel(&on("lf0", 501, 44000, UPLINK, A_V4, B_V4, 1), false);
+    let t = bed.add_tunnel(&on("lf1", 502, 44010, UP1, A1_V4, B1_V4, 2), false);
     attach(&bed, &by, UPLINK, "auto");
     let before = status_without_counters(&bed.pin_root, &bed.a);
     let pins_before = listing(&bed.pin_root);

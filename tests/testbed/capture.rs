@@ -5,12 +5,13 @@ use std::mem::{size_of, zeroed};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
-use std::thread::JoinHandle;
+use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use nix::sys::socket::{setsockopt, sockopt};
 use nix::sys::time::TimeVal;
 
+use super::bed::TestBed;
 use super::namespaces::{ifindex_here, join, Netns, STEP_TIMEOUT};
 
 /// One captured frame; `outgoing` is true for frames the device sent
@@ -169,4 +170,23 @@ fn capture_loop(sock: &OwnedFd, ifname: &str, stop: &AtomicBool) -> Vec<Frame> {
     assert!(r == 0, "PACKET_STATISTICS: {}", std::io::Error::last_os_error());
     assert_eq!(stats[1], 0, "capture on {ifname} dropped {} frames", stats[1]);
     frames
+}
+
+/// Captures on `b`'s side of several uplinks at once.
+pub struct Wire(Vec<Capture>);
+
+/// Starts capturing on `b`'s side of each of `devs`.
+pub fn wire(bed: &TestBed, devs: &[&str]) -> Wire {
+    Wire(devs.iter().map(|d| Capture::start(&bed.b, d)).collect())
+}
+
+impl Wire {
+    /// Stops every capture (each after its device was quiet for a moment)
+    /// and returns the frames of all of them.
+    pub fn stop(self) -> Vec<Vec<u8>> {
+        thread::scope(|s| {
+            let hs: Vec<_> = self.0.into_iter().map(|c| s.spawn(move || c.stop())).collect();
+            hs.into_iter().flat_map(|h| h.join().expect("capture")).collect()
+        })
+    }
 }

@@ -19,20 +19,30 @@
 //!
 //! The files, by concern:
 //! - `namespaces.rs`: [`Netns`], unique names, threads inside a namespace;
-//! - `bed.rs`: [`TestBed`] (`a`, `b`, `up0`, the pin root) and its tunnels;
+//! - `bed.rs`: [`TestBed`] (`a`, `b`, `up0`, the pin root), more uplinks,
+//!   and tunnels;
 //! - `ethtool.rs`: turning device offloads off without the ethtool package;
-//! - `capture.rs`: [`Capture`] of what a device sends and receives;
+//! - `capture.rs`: [`Capture`] of what a device sends and receives, [`Wire`]
+//!   of several at once;
 //! - `packets.rs`: parsing captured frames ([`parse_vxlan`]);
 //! - `traffic.rs`: marked UDP, TCP bulk and ping traffic;
 //! - `tc.rs`: other tools' tc filters (a counter) beside pdscp's;
-//! - `pdscp.rs`: running the pdscp binary and reading its answers.
+//! - `pdscp.rs`: running the pdscp binary and reading its answers
+//!   (`status --json` included);
+//! - `files.rs`: scratch directories and listings of pin trees;
+//! - `audit.rs`: what the kernel runs, and whether pdscp's pins account for it;
+//! - `library.rs`: all the tests take from the pdscp library crate (calls,
+//!   crash steps, tc priorities), in one place.
 
 // Each test crate uses a different subset of this module.
 #![allow(dead_code)]
 
+mod audit;
 mod bed;
 mod capture;
 mod ethtool;
+mod files;
+mod library;
 mod namespaces;
 mod packets;
 mod pdscp;
@@ -41,4 +51,7 @@ mod traffic;
 
 // Each test crate uses some of these.
 #[allow(unused_imports)]
-pub use self::{bed::*, capture::*, ethtool::*, namespaces::*, packets::*, pdscp::*, tc::*, traffic::*};
+pub use self::{
+    audit::*, bed::*, capture::*, ethtool::*, files::*, library::*, namespaces::*, packets::*, pdscp::*,
+    tc::*, traffic::*,
+};

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use nix::sched::CloneFlags;
 
-/// Upper bound for any single step (thread join, accept, connect, pdscp run).
+/// Upper bound for any single step (thread join, accept, connect); pdscp
+/// runs have their own, `RUN_TIMEOUT`.
 pub(super) const STEP_TIMEOUT: Duration = Duration::from_secs(20);
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);

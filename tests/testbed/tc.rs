@@ -77,3 +77,8 @@ pub fn tc_filter_exists(ns: &Netns, dev: &str, dir: TcDir, prio: u16) -> bool {
     ));
     out.status.success() && String::from_utf8_lossy(&out.stdout).contains("\"kind\"")
 }
+
+/// Priority of the counter filters the tests put beside pdscp's.
+pub const COUNTER_PRIO: u16 = 40000;
+/// Priority of the foreign cls_bpf program the tests put beside pdscp's.
+pub const FOREIGN_PRIO: u16 = 20000;

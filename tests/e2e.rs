@@ -12,18 +12,6 @@ use testbed::*;
 
 const MODES: [&str; 2] = ["tcx", "tc"];
 
-fn attach(bed: &TestBed, t: &Tunnel, mode: &str) -> String {
-    let port = t.srcport.to_string();
-    ok(bed.pdscp(&[
-        "attach", &t.name, "--uplink", UPLINK, "--port", &port, "--mode", mode,
-    ]))
-}
-
-fn status(bed: &TestBed) -> Value {
-    let json = ok(bed.pdscp(&["status", "--json"]));
-    serde_json::from_str(&json).unwrap_or_else(|e| panic!("status --json: {e}: {json}"))
-}
-
 /// Outer packets of tunnel `t` leaving a, carrying inner protocol `proto`.
 fn from_a(frames: &[Vec<u8>], t: &Tunnel, proto: u8) -> Vec<TunnelPacket> {
     parse_all(frames)
@@ -115,7 +103,7 @@ fn check_all_traffic_marked(bed: &TestBed, t: &Tunnel) {
 fn marks_everything(underlay: Underlay, mode: &str) {
     let bed = TestBed::new();
     let t = bed.add_vxlan("wg0", 100, 51820, underlay, 1);
-    let msg = attach(&bed, &t, mode);
+    let msg = attach(&bed, &t, UPLINK, mode);
     assert!(msg.contains(&format!("mode {mode}")), "{msg}");
     check_all_traffic_marked(&bed, &t);
 }
@@ -157,7 +145,7 @@ fn mark_changes_follow_the_flow() {
     for mode in MODES {
         let bed = TestBed::new();
         let t = bed.add_vxlan("wg0", 100, 51820, Underlay::V4, 1);
-        attach(&bed, &t, mode);
+        attach(&bed, &t, UPLINK, mode);
         let cap = Capture::start(&bed.b, UPLINK);
         let dst = t.b_addr(false);
         bed.a.run_in("one flow, three marks", move || {
@@ -189,8 +177,8 @@ fn two_tunnels_one_uplink_detach_one() {
         let t1 = bed.add_vxlan("wg1", 101, 51820, Underlay::V4, 1);
         let t2 = bed.add_vxlan("wg2", 102, 51830, Underlay::V6, 2);
         let t3 = bed.add_vxlan("wg3", 103, 51840, Underlay::V4, 3);
-        attach(&bed, &t1, mode);
-        attach(&bed, &t2, mode);
+        attach(&bed, &t1, UPLINK, mode);
+        attach(&bed, &t2, UPLINK, mode);
 
         let send = || {
             let cap = Capture::start(&bed.b, UPLINK);
@@ -257,8 +245,8 @@ fn detach_after_the_tunnel_device_is_gone() {
         let bed = TestBed::new();
         let t1 = bed.add_vxlan("wg1", 101, 51820, Underlay::V4, 1);
         let t2 = bed.add_vxlan("wg2", 102, 51830, Underlay::V4, 2);
-        attach(&bed, &t1, mode);
-        attach(&bed, &t2, mode);
+        attach(&bed, &t1, UPLINK, mode);
+        attach(&bed, &t2, UPLINK, mode);
         let uplink_dir = bed.pin_root.join(UPLINK);
         let uplink_link = pinned_link_id(&uplink_dir.join("link"));
         assert_eq!(
@@ -309,30 +297,30 @@ fn unrelated_filters_keep_running_and_survive() {
     for mode in MODES {
         let bed = TestBed::new();
         let t = bed.add_vxlan("wg0", 100, 51820, Underlay::V4, 1);
-        tc_filter_add_counter(&bed.a, UPLINK, TcDir::Egress, 40000);
-        tc_filter_add_counter(&bed.a, UPLINK, TcDir::Ingress, 40000);
-        tc_filter_add_counter(&bed.a, "wg0", TcDir::Egress, 40000);
-        attach(&bed, &t, mode);
+        tc_filter_add_counter(&bed.a, UPLINK, TcDir::Egress, COUNTER_PRIO);
+        tc_filter_add_counter(&bed.a, UPLINK, TcDir::Ingress, COUNTER_PRIO);
+        tc_filter_add_counter(&bed.a, "wg0", TcDir::Egress, COUNTER_PRIO);
+        attach(&bed, &t, UPLINK, mode);
 
         // Non-tunnel packets on the uplink (the writer's other exit).
-        let before = tc_filter_packets(&bed.a, UPLINK, TcDir::Egress, 40000);
+        let before = tc_filter_packets(&bed.a, UPLINK, TcDir::Egress, COUNTER_PRIO);
         send_udp(&bed.a, B_V4.into(), 9000, 0xb8, 10);
         assert!(
-            tc_filter_packets(&bed.a, UPLINK, TcDir::Egress, 40000) >= before + 10,
+            tc_filter_packets(&bed.a, UPLINK, TcDir::Egress, COUNTER_PRIO) >= before + 10,
             "{mode}: not-tunnel"
         );
 
-        let before = tc_filter_packets(&bed.a, UPLINK, TcDir::Egress, 40000);
-        let before_tunnel = tc_filter_packets(&bed.a, "wg0", TcDir::Egress, 40000);
+        let before = tc_filter_packets(&bed.a, UPLINK, TcDir::Egress, COUNTER_PRIO);
+        let before_tunnel = tc_filter_packets(&bed.a, "wg0", TcDir::Egress, COUNTER_PRIO);
         let cap = Capture::start(&bed.b, UPLINK);
         send_udp(&bed.a, t.b_addr(false), 9000, 0xb8, 20);
         assert_marked(&from_a(&cap.stop(), &t, IPPROTO_UDP), 20, mode);
         assert!(
-            tc_filter_packets(&bed.a, UPLINK, TcDir::Egress, 40000) >= before + 20,
+            tc_filter_packets(&bed.a, UPLINK, TcDir::Egress, COUNTER_PRIO) >= before + 20,
             "{mode}: uplink filter ran"
         );
         assert!(
-            tc_filter_packets(&bed.a, "wg0", TcDir::Egress, 40000) >= before_tunnel + 20,
+            tc_filter_packets(&bed.a, "wg0", TcDir::Egress, COUNTER_PRIO) >= before_tunnel + 20,
             "{mode}: tunnel filter ran"
         );
 
@@ -343,7 +331,7 @@ fn unrelated_filters_keep_running_and_survive() {
             ("wg0", TcDir::Egress),
         ] {
             assert!(
-                tc_filter_exists(&bed.a, dev, dir, 40000),
+                tc_filter_exists(&bed.a, dev, dir, COUNTER_PRIO),
                 "{mode}: {dev} {dir:?} filter survives detach"
             );
         }
@@ -352,10 +340,10 @@ fn unrelated_filters_keep_running_and_survive() {
             0,
             "{mode}"
         );
-        let before = tc_filter_packets(&bed.a, UPLINK, TcDir::Egress, 40000);
+        let before = tc_filter_packets(&bed.a, UPLINK, TcDir::Egress, COUNTER_PRIO);
         send_udp(&bed.a, t.b_addr(false), 9000, 0xb8, 5);
         assert!(
-            tc_filter_packets(&bed.a, UPLINK, TcDir::Egress, 40000) >= before + 5,
+            tc_filter_packets(&bed.a, UPLINK, TcDir::Egress, COUNTER_PRIO) >= before + 5,
             "{mode}: still counting"
         );
     }
@@ -370,8 +358,8 @@ fn idempotent_attach_and_refusals_leave_state_alone() {
     bed.add_vxlan("wg2", 102, 51830, Underlay::V4, 2);
     bed.a
         .sh("ip link add up1 type veth peer name up1p && ip link set up1 up && ip link set up1p up");
-    attach(&bed, &t1, "auto");
-    let again = attach(&bed, &t1, "auto");
+    attach(&bed, &t1, UPLINK, "auto");
+    let again = attach(&bed, &t1, UPLINK, "auto");
     assert!(again.contains("already attached"), "{again}");
     let before = status(&bed);
 
@@ -421,7 +409,7 @@ fn idempotent_attach_and_refusals_leave_state_alone() {
         ]),
         "attached in tcx mode",
     );
-    let bad_netns = std::process::Command::new(env!("CARGO_BIN_EXE_pdscp"))
+    let bad_netns = std::process::Command::new(pdscp_bin())
         .arg("--pin-root")
         .arg(&bed.pin_root)
         .args(["--netns", "pdscp-no-such-ns", "status"])
@@ -432,10 +420,7 @@ fn idempotent_attach_and_refusals_leave_state_alone() {
     assert!(ok(p(&["detach", "wg1", "--uplink", "up1"])).contains("not attached"));
 
     // Counters move with the namespaces' own background traffic; the rest must not.
-    let without_counters = |mut s: Value| {
-        s["uplinks"][0].as_object_mut().unwrap().remove("counters");
-        s
-    };
+    let without_counters = |s: Value| without_uplink_fields(s, &["counters"]);
     let after = status(&bed);
     assert_eq!(
         without_counters(before),
@@ -482,7 +467,7 @@ fn pins_are_laid_out_and_private() {
     use std::os::unix::fs::PermissionsExt;
     let bed = TestBed::new();
     let t = bed.add_vxlan("wg0", 100, 51820, Underlay::V4, 1);
-    attach(&bed, &t, "tcx");
+    attach(&bed, &t, UPLINK, "tcx");
     let dir = bed.pin_root.join(UPLINK);
     for pin in [
         "flows",
@@ -581,16 +566,11 @@ fn l3_uplink_tun() {
 fn refuses_without_privileges() {
     let bed = TestBed::new();
     let t = bed.add_vxlan("wg0", 100, 51820, Underlay::V4, 1);
-    attach(&bed, &t, "auto");
+    attach(&bed, &t, UPLINK, "auto");
     let before = std::fs::read_dir(bed.pin_root.join(UPLINK)).unwrap().count();
     for args in [&["detach", "wg0"][..], &["status"]] {
         let out = std::process::Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                env!("CARGO_BIN_EXE_pdscp"),
-            ])
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", pdscp_bin()])
             .arg("--pin-root")
             .arg(&bed.pin_root)
             .args(args)
@@ -612,17 +592,15 @@ fn refuses_inside_ip_netns_exec() {
     let bed = TestBed::new();
     bed.add_vxlan("wg0", 100, 51820, Underlay::V4, 1);
     let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &bed.a.name, env!("CARGO_BIN_EXE_pdscp")])
+        .args(["netns", "exec", &bed.a.name, pdscp_bin()])
         .args(["attach", "wg0", "--uplink", UPLINK, "--port", "51820"])
         .output()
         .unwrap();
     refused(out, "use `pdscp --netns NAME` instead");
     for cmd in ["status", "detach wg0"] {
-        let out = bed.a.try_sh(&format!(
-            "ip netns exec {} {} {cmd}",
-            bed.a.name,
-            env!("CARGO_BIN_EXE_pdscp")
-        ));
+        let out = bed
+            .a
+            .try_sh(&format!("ip netns exec {} {} {cmd}", bed.a.name, pdscp_bin()));
         refused(out, "use `pdscp --netns NAME` instead");
     }
 }
@@ -660,7 +638,7 @@ fn attach_finds_the_uplink() {
 fn counters_count_exactly() {
     let bed = TestBed::new();
     let t = bed.add_vxlan("wg0", 100, 51820, Underlay::V4, 1);
-    attach(&bed, &t, "auto");
+    attach(&bed, &t, UPLINK, "auto");
     send_udp(&bed.a, t.b_addr(false), 9000, 0xb8, 7);
     send_udp(&bed.a, t.b_addr(true), 9001, 0x28, 5);
     send_udp(&bed.a, t.b_addr(false), 9002, 0x00, 3);

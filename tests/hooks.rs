@@ -21,14 +21,12 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
 use testbed::*;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
-const PDSCP: &str = env!("CARGO_BIN_EXE_pdscp");
 /// Upper bound for one hook run (pdscp itself is bounded by the hooks).
 const HOOK_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -37,7 +35,7 @@ fn hook(rel: &str) -> String {
 }
 
 // ---------------------------------------------------------------------------
-// Scratch directory: config files, stubs, the syslog stand-in
+// The sandbox: config files, stubs, the syslog stand-in
 // ---------------------------------------------------------------------------
 
 /// Stand-in for OpenWrt's /lib/functions.sh: its UCI part, as the pdscp
@@ -94,23 +92,19 @@ case $action in
 esac
 "#;
 
-/// A directory of its own per test, removed on drop.
-struct Scratch {
-    dir: PathBuf,
+/// A scratch directory of its own per test (removed on drop) with what the
+/// hooks are pointed at: bin/ (first in PATH) with the `logger` stub, the
+/// OpenWrt stand-ins, the tunnels file, uci/.
+struct Sandbox {
+    dir: Scratch,
 }
 
-impl Scratch {
-    fn new() -> Scratch {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "pdscp-hooks-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(dir.join("bin")).unwrap();
-        fs::create_dir_all(dir.join("uci")).unwrap();
-        let s = Scratch { dir };
+impl Sandbox {
+    fn new() -> Sandbox {
+        let dir = Scratch::new(&std::env::temp_dir(), "pdscp-hooks");
+        fs::create_dir_all(dir.path().join("bin")).unwrap();
+        fs::create_dir_all(dir.path().join("uci")).unwrap();
+        let s = Sandbox { dir };
         // syslog stand-in: one line per message, with logger's options.
         s.write_exec(
             "bin/logger",
@@ -125,7 +119,7 @@ impl Scratch {
     }
 
     fn path(&self, rel: &str) -> PathBuf {
-        self.dir.join(rel)
+        self.dir.path().join(rel)
     }
 
     fn write(&self, rel: &str, text: &str) {
@@ -163,12 +157,6 @@ impl Scratch {
             ("PDSCP_NETWORK_SH".into(), p("network.sh")),
             ("UCI_CONFIG_DIR".into(), p("uci")),
         ]
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -273,7 +261,7 @@ fn networkd_dispatcher(ns: &Netns, env: &[(String, String)], iface: &str, state:
 /// /etc/hotplug.d/iface/ in a subshell, with ACTION, INTERFACE and DEVICE.
 fn openwrt_hotplug(
     ns: &Netns,
-    s: &Scratch,
+    s: &Sandbox,
     env: &[(String, String)],
     action: &str,
     interface: &str,
@@ -301,7 +289,7 @@ fn openwrt_hotplug(
 }
 
 /// `/etc/init.d/pdscp ACTION`: `/bin/sh /etc/rc.common /etc/init.d/pdscp ACTION`.
-fn openwrt_init(ns: &Netns, s: &Scratch, env: &[(String, String)], action: &str) -> Output {
+fn openwrt_init(ns: &Netns, s: &Sandbox, env: &[(String, String)], action: &str) -> Output {
     let mut argv = ash();
     let rc = s.path("rc.common").display().to_string();
     let init = hook("openwrt/pdscp.init");
@@ -313,29 +301,9 @@ fn openwrt_init(ns: &Netns, s: &Scratch, env: &[(String, String)], action: &str)
 // pdscp's state and the wire
 // ---------------------------------------------------------------------------
 
-fn status(bed: &TestBed) -> Value {
-    let out = bed.pdscp(&["status", "--json"]);
-    assert!(
-        out.status.success(),
-        "status: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("status --json")
-}
-
-fn find_tunnel<'a>(st: &'a Value, name: &str) -> Option<(&'a Value, &'a Value)> {
-    st["uplinks"].as_array()?.iter().find_map(|u| {
-        u["tunnels"]
-            .as_array()?
-            .iter()
-            .find(|t| t["name"] == name)
-            .map(|t| (u, t))
-    })
-}
-
 /// `name` is attached and running, on uplink `uplink`, matching `port`
 /// (None: any port); returns the status.
-fn assert_attached(bed: &TestBed, name: &str, uplink: &str, port: Option<u16>, s: &Scratch) -> Value {
+fn assert_attached(bed: &TestBed, name: &str, uplink: &str, port: Option<u16>, s: &Sandbox) -> Value {
     let st = status(bed);
     let Some((u, t)) = find_tunnel(&st, name) else {
         panic!("{name} not attached: {st:#}\nsyslog:\n{}", s.syslog());
@@ -412,8 +380,8 @@ fn del_link(bed: &TestBed, name: &str) {
 #[test]
 fn ifupdown_stanza_attaches_marks_and_detaches() {
     let bed = TestBed::new();
-    let s = Scratch::new();
-    let env = s.env(&bed.pin_root, PDSCP);
+    let s = Sandbox::new();
+    let env = s.env(&bed.pin_root, pdscp_bin());
     let t = bed.add_vxlan("vx1", 101, 40001, Underlay::V4, 1);
     let stanza = [
         ("IF_ADDRESS", "198.19.1.1/24"),
@@ -452,8 +420,8 @@ fn ifupdown_stanza_attaches_marks_and_detaches() {
 #[test]
 fn ifupdown_acts_only_for_configured_interfaces() {
     let bed = TestBed::new();
-    let s = Scratch::new();
-    let env = s.env(&bed.pin_root, PDSCP);
+    let s = Sandbox::new();
+    let env = s.env(&bed.pin_root, pdscp_bin());
     bed.add_vxlan("vx1", 101, 40001, Underlay::V4, 1);
     bed.add_vxlan("vx2", 102, 40002, Underlay::V4, 2);
     bed.add_vxlan("vx3", 103, 40003, Underlay::V4, 3);
@@ -494,8 +462,8 @@ fn ifupdown_acts_only_for_configured_interfaces() {
 #[test]
 fn networkmanager_dispatcher_attaches_listed_tunnels() {
     let bed = TestBed::new();
-    let s = Scratch::new();
-    let env = s.env(&bed.pin_root, PDSCP);
+    let s = Sandbox::new();
+    let env = s.env(&bed.pin_root, pdscp_bin());
     let t = bed.add_vxlan("vx2", 102, 40002, Underlay::V6, 2);
     bed.add_vxlan("vx3", 103, 40003, Underlay::V4, 3);
     s.write(
@@ -535,8 +503,8 @@ fn networkmanager_dispatcher_attaches_listed_tunnels() {
 #[test]
 fn uplink_up_repairs_and_attaches_its_tunnels() {
     let bed = TestBed::new();
-    let s = Scratch::new();
-    let env = s.env(&bed.pin_root, PDSCP);
+    let s = Sandbox::new();
+    let env = s.env(&bed.pin_root, pdscp_bin());
     bed.add_vxlan("vx4", 104, 40004, Underlay::V4, 4);
     bed.add_vxlan("vx5", 105, 40005, Underlay::V4, 5);
     let stanza = [
@@ -577,8 +545,8 @@ fn uplink_up_repairs_and_attaches_its_tunnels() {
 #[test]
 fn networkd_dispatcher_routable_and_off() {
     let bed = TestBed::new();
-    let s = Scratch::new();
-    let env = s.env(&bed.pin_root, PDSCP);
+    let s = Sandbox::new();
+    let env = s.env(&bed.pin_root, pdscp_bin());
     bed.add_vxlan("vx5", 105, 40005, Underlay::V4, 5);
     bed.add_vxlan("vx6", 106, 40006, Underlay::V4, 6);
     bed.add_vxlan("vx7", 107, 40007, Underlay::V4, 7);
@@ -646,9 +614,9 @@ fn systemd_unit_attaches_and_detaches() {
     let stop: Vec<&str> = stop.iter().map(String::as_str).collect();
 
     let bed = TestBed::new();
-    let s = Scratch::new();
+    let s = Sandbox::new();
     // systemd's environment: PATH and little else.
-    let mut env = s.env(&bed.pin_root, PDSCP);
+    let mut env = s.env(&bed.pin_root, pdscp_bin());
     env.push(("INVOCATION_ID".into(), "0123456789abcdef0123456789abcdef".into()));
     bed.add_vxlan("vx-7", 107, 40007, Underlay::V4, 7);
 
@@ -721,8 +689,8 @@ config tunnel 'vx10'
 #[test]
 fn openwrt_hotplug_ifup_ifdown() {
     let bed = TestBed::new();
-    let s = Scratch::new();
-    let env = s.env(&bed.pin_root, PDSCP);
+    let s = Sandbox::new();
+    let env = s.env(&bed.pin_root, pdscp_bin());
     let t8 = bed.add_vxlan("vx8", 108, 40008, Underlay::V4, 8);
     bed.add_vxlan("vx9", 109, 40009, Underlay::V6, 9);
     bed.add_vxlan("vx10", 110, 40010, Underlay::V4, 10);
@@ -772,8 +740,8 @@ fn openwrt_hotplug_ifup_ifdown() {
 #[test]
 fn openwrt_init_start_reload_stop() {
     let bed = TestBed::new();
-    let s = Scratch::new();
-    let env = s.env(&bed.pin_root, PDSCP);
+    let s = Sandbox::new();
+    let env = s.env(&bed.pin_root, pdscp_bin());
     bed.add_vxlan("vx8", 108, 40008, Underlay::V4, 8);
     bed.add_vxlan("vx10", 110, 40010, Underlay::V4, 10);
     // vx9 (section vpn) does not exist.
@@ -819,7 +787,7 @@ fn openwrt_init_start_reload_stop() {
 #[test]
 fn hooks_pass_only_configured_options() {
     let ns = Netns::new("stub");
-    let s = Scratch::new();
+    let s = Sandbox::new();
     let calls = s.path("calls");
     s.write_exec(
         "bin/fake-pdscp",
@@ -903,8 +871,8 @@ fn hooks_pass_only_configured_options() {
 #[test]
 fn hooks_never_fail_and_log_errors() {
     let bed = TestBed::new();
-    let s = Scratch::new();
-    let env = s.env(&bed.pin_root, PDSCP);
+    let s = Sandbox::new();
+    let env = s.env(&bed.pin_root, pdscp_bin());
     bed.add_vxlan("vx11", 111, 40011, Underlay::V4, 11);
     bed.add_vxlan("vx12", 112, 40012, Underlay::V4, 12);
     s.write("tunnels", "vx11 uplink=up0\nvx12 uplink=up0 port=4x\n");

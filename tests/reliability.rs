@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::mem::MaybeUninit;
-use std::net::{Ipv4Addr, UdpSocket};
+use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
@@ -786,8 +786,7 @@ fn continuity(mode: &str) {
     let sender = {
         let (done, started) = (done.clone(), started.clone());
         bed.a.spawn("steady flow", move || {
-            let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind");
-            set_tos(&sock, false, EF);
+            let sock = marked_udp_socket(dst, EF);
             let mut sent = 0usize;
             while sent < MIN_PACKETS || !done.load(Ordering::Relaxed) {
                 sock.send_to(&sent.to_be_bytes(), (dst, 9300)).expect("send");

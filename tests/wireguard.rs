@@ -15,7 +15,7 @@
 mod testbed;
 
 use std::io::ErrorKind;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::thread::sleep;
@@ -261,43 +261,13 @@ struct Outer {
     wg_type: Option<u8>,
 }
 
-fn be16(b: &[u8], off: usize) -> Option<u16> {
-    Some(u16::from_be_bytes(b.get(off..off + 2)?.try_into().ok()?))
-}
-
 /// Parses an IPv4/IPv6 packet carrying (unfragmented) UDP.
 fn parse_ip_udp(ip: &[u8], vlans: Vec<u16>) -> Option<Outer> {
-    let (src, dst, tos, checksum_ok, flow_label, l4) = match ip.first()? >> 4 {
-        4 => {
-            let hl = usize::from(ip[0] & 0x0f) * 4;
-            let h = ip.get(..hl).filter(|_| hl >= 20)?;
-            if h[9] != 17 || be16(h, 6)? & 0x3fff != 0 {
-                return None;
-            }
-            let sum = h
-                .chunks(2)
-                .fold(0u32, |s, w| s + u32::from(u16::from_be_bytes([w[0], w[1]])));
-            let folded = (sum & 0xffff) + (sum >> 16);
-            let src = Ipv4Addr::new(h[12], h[13], h[14], h[15]);
-            let dst = Ipv4Addr::new(h[16], h[17], h[18], h[19]);
-            let ok = (folded & 0xffff) + (folded >> 16) == 0xffff;
-            (IpAddr::from(src), IpAddr::from(dst), h[1], ok, 0, &ip[hl..])
-        }
-        6 => {
-            let h = ip.get(..40)?;
-            if h[6] != 17 {
-                return None;
-            }
-            let addr = |off: usize| -> IpAddr {
-                let a: [u8; 16] = h[off..off + 16].try_into().expect("16 bytes");
-                Ipv6Addr::from(a).into()
-            };
-            let tos = (h[0] << 4) | (h[1] >> 4);
-            let label = u32::from_be_bytes([0, h[1] & 0x0f, h[2], h[3]]);
-            (addr(8), addr(24), tos, true, label, &ip[40..])
-        }
-        _ => return None,
-    };
+    let h = parse_ip(ip)?;
+    if h.proto != IPPROTO_UDP || h.fragmented {
+        return None;
+    }
+    let l4 = ip.get(h.header_len..)?;
     let len = usize::from(be16(l4, 4)?).checked_sub(8)?;
     let payload = l4.get(8..)?;
     let wg_type = match payload.get(..4)? {
@@ -306,11 +276,11 @@ fn parse_ip_udp(ip: &[u8], vlans: Vec<u16>) -> Option<Outer> {
     };
     Some(Outer {
         vlans,
-        src,
-        dst,
-        tos,
-        checksum_ok,
-        flow_label,
+        src: h.src,
+        dst: h.dst,
+        tos: h.tos,
+        checksum_ok: h.checksum_ok,
+        flow_label: h.flow_label,
         sport: be16(l4, 0)?,
         dport: be16(l4, 2)?,
         len,
@@ -441,13 +411,7 @@ fn barrier(bed: &TestBed, wg: &Wg) -> Expect {
 /// apart, from one socket with TOS / traffic class `tos`.
 fn send_udp_sized(bed: &TestBed, dst: IpAddr, tos: u8, payload: usize, count: usize) {
     bed.a.run_in("send_udp_sized", move || {
-        let any: IpAddr = if dst.is_ipv6() {
-            Ipv6Addr::UNSPECIFIED.into()
-        } else {
-            Ipv4Addr::UNSPECIFIED.into()
-        };
-        let sock = UdpSocket::bind((any, 0)).expect("binding UDP socket");
-        set_tos(&sock, dst.is_ipv6(), tos);
+        let sock = marked_udp_socket(dst, tos);
         let data = vec![0x42u8; payload];
         for _ in 0..count {
             sock.send_to(&data, (dst, 9000)).expect("sending UDP");
@@ -596,38 +560,6 @@ fn check_tcp(bed: &TestBed, wg: &Wg, ctx: &str) -> [(u8, usize); 2] {
 // ---------------------------------------------------------------------------
 // pdscp
 // ---------------------------------------------------------------------------
-
-fn status(bed: &TestBed) -> Value {
-    let json = ok(bed.pdscp(&["status", "--json"]));
-    serde_json::from_str(&json).unwrap_or_else(|e| panic!("status --json: {e}: {json}"))
-}
-
-/// The uplink `name` in a status report.
-fn uplink<'a>(s: &'a Value, name: &str) -> &'a Value {
-    s["uplinks"]
-        .as_array()
-        .and_then(|u| u.iter().find(|u| u["name"] == name))
-        .unwrap_or_else(|| panic!("no uplink {name} in {s:#}"))
-}
-
-/// The tunnel `name` of uplink `up` in a status report.
-fn tunnel<'a>(s: &'a Value, up: &str, name: &str) -> &'a Value {
-    uplink(s, up)["tunnels"]
-        .as_array()
-        .and_then(|t| t.iter().find(|t| t["name"] == name))
-        .unwrap_or_else(|| panic!("no tunnel {name} on {up} in {s:#}"))
-}
-
-fn tunnel_names(s: &Value, up: &str) -> Vec<String> {
-    uplink(s, up)["tunnels"]
-        .as_array()
-        .map(|t| {
-            t.iter()
-                .filter_map(|t| t["name"].as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 /// The running kernel's (major, minor), from `uname -r`.
 fn kernel_version() -> (u32, u32) {
@@ -1073,7 +1005,7 @@ fn vlan_uplink(reorder_hdr: bool) {
         assert!(msg.contains("attached to up0"), "{msg}");
     }
     // Mirrors what the egress hook saw, after pdscp's writer, into a sink.
-    tc_filter_add_counter(&bed.a, UPLINK, TcDir::Egress, 40000);
+    tc_filter_add_counter(&bed.a, UPLINK, TcDir::Egress, COUNTER_PRIO);
 
     for wg in [&wg4, &wg6] {
         let ctx = format!("{}, reorder_hdr {reorder_hdr}", wg.name);

@@ -8,12 +8,14 @@ use std::path::{Path, PathBuf};
 use super::namespaces::unique;
 
 /// A scratch directory (mode 0700) named `<tag>-<pid>-<n>` under `parent`,
-/// removed with everything in it (pins too) on drop.
+/// removed with everything in it (pins too) on drop. A leftover of a crashed
+/// run whose pid was recycled is removed first.
 pub struct Scratch(PathBuf);
 
 impl Scratch {
     pub fn new(parent: &Path, tag: &str) -> Scratch {
         let p = parent.join(unique(tag));
+        let _ = fs::remove_dir_all(&p);
         fs::DirBuilder::new()
             .mode(0o700)
             .recursive(true)

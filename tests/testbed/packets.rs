@@ -63,26 +63,35 @@ impl TunnelPacket {
 }
 
 /// An IP header's fields, from either family.
-struct IpHeader {
-    version: u8,
-    src: IpAddr,
-    dst: IpAddr,
-    tos: u8,
-    proto: u8,
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IpHeader {
+    pub version: u8,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// IPv4 TOS or IPv6 traffic class.
+    pub tos: u8,
+    /// IPPROTO_*; for IPv6 the first next header.
+    pub proto: u8,
     /// Whole packet length as the header states it.
-    total_len: usize,
-    header_len: usize,
-    checksum_ok: bool,
+    pub total_len: usize,
+    pub header_len: usize,
+    /// The IPv4 header checksum verifies (always true for IPv6).
+    pub checksum_ok: bool,
+    /// IPv6 flow label (0 for IPv4).
+    pub flow_label: u32,
     /// A non-first fragment has no transport header.
-    later_fragment: bool,
-    fragmented: bool,
+    pub later_fragment: bool,
+    pub fragmented: bool,
 }
 
-fn be16(b: &[u8], off: usize) -> Option<u16> {
+/// The big-endian 16-bit word at `off`, if `b` has it.
+pub fn be16(b: &[u8], off: usize) -> Option<u16> {
     Some(u16::from_be_bytes(b.get(off..off + 2)?.try_into().ok()?))
 }
 
-fn parse_ip(b: &[u8]) -> Option<IpHeader> {
+/// The IPv4 or IPv6 header at the start of `b`; None if it is neither or
+/// is cut short.
+pub fn parse_ip(b: &[u8]) -> Option<IpHeader> {
     match b.first()? >> 4 {
         4 => {
             let header_len = usize::from(b[0] & 0x0f) * 4;
@@ -101,6 +110,7 @@ fn parse_ip(b: &[u8]) -> Option<IpHeader> {
                 total_len: be16(h, 2)?.into(),
                 header_len,
                 checksum_ok: (folded & 0xffff) + (folded >> 16) == 0xffff,
+                flow_label: 0,
                 later_fragment: frag & 0x1fff != 0,
                 fragmented: frag & 0x3fff != 0,
             })
@@ -120,6 +130,7 @@ fn parse_ip(b: &[u8]) -> Option<IpHeader> {
                 total_len: 40 + usize::from(be16(h, 4)?),
                 header_len: 40,
                 checksum_ok: true,
+                flow_label: u32::from_be_bytes([0, h[1] & 0x0f, h[2], h[3]]),
                 later_fragment: false,
                 fragmented: false,
             })

@@ -23,6 +23,20 @@ pub fn set_tos(fd: &impl std::os::fd::AsFd, v6: bool, tos: u8) {
     }
 }
 
+/// A UDP socket in the calling thread's namespace, bound to the unspecified
+/// address of `dst`'s family, that marks what it sends with TOS / traffic
+/// class `tos`.
+pub fn marked_udp_socket(dst: IpAddr, tos: u8) -> UdpSocket {
+    let any: IpAddr = if dst.is_ipv6() {
+        Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        Ipv4Addr::UNSPECIFIED.into()
+    };
+    let sock = UdpSocket::bind((any, 0)).expect("binding UDP socket");
+    set_tos(&sock, dst.is_ipv6(), tos);
+    sock
+}
+
 /// Sends `count` small UDP datagrams from `ns` to `dst:dport` with TOS /
 /// traffic class `tos`, 2 ms apart; returns the source port. Neighbours are
 /// static in the bed, so no packet waits for ARP/ND and none is lost. Nobody
@@ -30,13 +44,7 @@ pub fn set_tos(fd: &impl std::os::fd::AsFd, v6: bool, tos: u8) {
 /// ICMP port-unreachable, which an unconnected socket ignores.
 pub fn send_udp(ns: &Netns, dst: IpAddr, dport: u16, tos: u8, count: usize) -> u16 {
     ns.run_in("send_udp", move || {
-        let any: IpAddr = if dst.is_ipv6() {
-            Ipv6Addr::UNSPECIFIED.into()
-        } else {
-            Ipv4Addr::UNSPECIFIED.into()
-        };
-        let sock = UdpSocket::bind((any, 0)).expect("binding UDP socket");
-        set_tos(&sock, dst.is_ipv6(), tos);
+        let sock = marked_udp_socket(dst, tos);
         for i in 0..count {
             let payload = format!("pdscp-testbed {i}");
             sock.send_to(payload.as_bytes(), (dst, dport))

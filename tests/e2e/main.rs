@@ -1,0 +1,70 @@
+//! End to end: the real pdscp binary, real BPF programs in the kernel, two
+//! network namespaces joined by a veth pair, VXLAN tunnels with a fixed outer
+//! source port standing in for WireGuard, and the outer packets captured on
+//! the far side of the wire. Needs root.
+//!
+//! One file per feature area: marking (which packets leave marked),
+//! lifecycle (attach, detach, what is left behind), refusals, uplinks.
+//! This file has the checks they share.
+
+#[path = "../testbed/mod.rs"]
+mod testbed;
+
+mod lifecycle;
+mod marking;
+mod refusals;
+mod uplinks;
+
+use testbed::*;
+
+/// Both attach modes: TCX links and clsact filters.
+const MODES: [&str; 2] = ["tcx", "tc"];
+
+/// Outer packets of tunnel `t` leaving a, carrying inner protocol `proto`.
+fn from_a(frames: &[Vec<u8>], t: &Tunnel, proto: u8) -> Vec<TunnelPacket> {
+    parse_all(frames)
+        .into_iter()
+        .filter(|p| p.vni == t.vni && p.outer_sport == t.srcport && p.inner_proto == proto)
+        .filter(|p| p.inner_src == t.a_addr(false) || p.inner_src == t.a_addr(true))
+        .collect()
+}
+
+/// Every packet carries the inner DSCP outside, ECN as the tunnel set it, a valid checksum.
+fn assert_marked(pkts: &[TunnelPacket], min: usize, what: &str) {
+    assert!(
+        pkts.len() >= min,
+        "{what}: {} packets, expected at least {min}",
+        pkts.len()
+    );
+    for p in pkts {
+        assert_eq!(
+            p.outer_dscp(),
+            p.inner_dscp(),
+            "{what}: outer DSCP copied from inner: {p:?}"
+        );
+        assert_eq!(p.outer_ecn(), p.inner_ecn(), "{what}: ECN kept: {p:?}");
+        assert!(
+            p.outer_ipv4_checksum_ok,
+            "{what}: IPv4 header checksum valid: {p:?}"
+        );
+    }
+}
+
+/// At least `min` packets, every one with outer DSCP 0.
+fn assert_unmarked(pkts: &[TunnelPacket], min: usize, what: &str) {
+    assert!(
+        pkts.len() >= min,
+        "{what}: {} packets, expected at least {min}",
+        pkts.len()
+    );
+    for p in pkts {
+        assert_eq!(p.outer_dscp(), 0, "{what}: outer DSCP must stay 0: {p:?}");
+    }
+}
+
+/// The pdscp filters (by program name) on a device's egress, in tc mode.
+fn pdscp_tc_filters(ns: &Netns, dev: &str) -> usize {
+    ns.sh(&format!("tc filter show dev {dev} egress"))
+        .matches("name pdscp_")
+        .count()
+}

@@ -29,13 +29,18 @@ fn from_a(frames: &[Vec<u8>], t: &Tunnel, proto: u8) -> Vec<TunnelPacket> {
         .collect()
 }
 
-/// Every packet carries the inner DSCP outside, ECN as the tunnel set it, a valid checksum.
-fn assert_marked(pkts: &[TunnelPacket], min: usize, what: &str) {
+/// At least `min` packets.
+fn assert_at_least(pkts: &[TunnelPacket], min: usize, what: &str) {
     assert!(
         pkts.len() >= min,
         "{what}: {} packets, expected at least {min}",
         pkts.len()
     );
+}
+
+/// Every packet carries the inner DSCP outside, ECN as the tunnel set it, a valid checksum.
+fn assert_marked(pkts: &[TunnelPacket], min: usize, what: &str) {
+    assert_at_least(pkts, min, what);
     for p in pkts {
         assert_eq!(
             p.outer_dscp(),
@@ -52,11 +57,7 @@ fn assert_marked(pkts: &[TunnelPacket], min: usize, what: &str) {
 
 /// At least `min` packets, every one with outer DSCP 0.
 fn assert_unmarked(pkts: &[TunnelPacket], min: usize, what: &str) {
-    assert!(
-        pkts.len() >= min,
-        "{what}: {} packets, expected at least {min}",
-        pkts.len()
-    );
+    assert_at_least(pkts, min, what);
     for p in pkts {
         assert_eq!(p.outer_dscp(), 0, "{what}: outer DSCP must stay 0: {p:?}");
     }

@@ -25,13 +25,7 @@ pub(super) fn run_in(ns: &Netns, argv: &[&str], base: &[(String, String)], extra
 
 /// A hook run that must exit 0 (hooks never fail an interface).
 pub(super) fn exits_0(out: Output, what: &str) -> Output {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{what} failed: {}", output_text(&out));
     out
 }
 

@@ -2,6 +2,7 @@
 //! commands that must succeed, threads that re-raise their panics.
 
 use std::ffi::CString;
+use std::fmt::Display;
 use std::fs::File;
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -23,17 +24,26 @@ pub fn unique(tag: &str) -> String {
     format!("{tag}-{}-{n}", std::process::id())
 }
 
-/// Runs a command, panicking with its stderr if it fails.
+/// Runs a command, panicking with its output if it fails; returns stdout.
 pub(super) fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
-    if !out.status.success() {
-        panic!(
-            "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    stdout_of(out, format_args!("{cmd:?}"))
+}
+
+/// A command's exit status, stdout and stderr, for assertion messages.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "exit {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The stdout of a command that must have succeeded; panics with `what`
+/// and the command's output if it did not.
+pub fn stdout_of(out: Output, what: impl Display) -> String {
+    assert!(out.status.success(), "{what} failed: {}", output_text(&out));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -69,19 +79,9 @@ impl Netns {
             .unwrap_or_else(|e| panic!("spawning nsenter: {e}"))
     }
 
-    /// Runs `sh -c cmd` inside the namespace; panics with stderr on failure.
+    /// Runs `sh -c cmd` inside the namespace; panics with its output on failure.
     pub fn sh(&self, cmd: &str) -> String {
-        let out = self.try_sh(cmd);
-        if !out.status.success() {
-            panic!(
-                "[{}] `{cmd}` failed ({}):\nstdout: {}\nstderr: {}",
-                self.name,
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        stdout_of(self.try_sh(cmd), format_args!("[{}] `{cmd}`", self.name))
     }
 
     /// Runs `f` on a new thread that has entered this namespace, for

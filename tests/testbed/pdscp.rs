@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::bed::{TestBed, Tunnel};
-use super::namespaces::{join, Netns};
+use super::namespaces::{join, output_text, stdout_of, Netns};
 
 /// bpffs magic (statfs f_type).
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
@@ -123,20 +123,9 @@ pub fn run_bounded(mut cmd: Command, timeout: Duration) -> Output {
     }
 }
 
-/// A command's stdout and stderr, for assertion messages.
-pub fn output_text(out: &Output) -> String {
-    format!(
-        "exit {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// A command that must succeed; returns its stdout.
 pub fn ok(out: Output) -> String {
-    assert!(out.status.success(), "pdscp failed: {}", output_text(&out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    stdout_of(out, "pdscp")
 }
 
 /// A refused command: non-zero exit (not a crash) and exactly one line on

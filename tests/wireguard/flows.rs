@@ -58,10 +58,9 @@ pub(super) fn ping_flow(bed: &TestBed, wg: &Wg, v6: bool, tos: u8, count: u32, m
     let out = ping(&bed.a, wg.b_addr(v6), tos, count);
     assert!(
         out.status.success(),
-        "ping through {}: {}{}",
+        "ping through {}: {}",
         wg.name,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        output_text(&out)
     );
     // IPv4 20 + ICMP 8 + 56; IPv6 40 + ICMPv6 8 + 56.
     let inner = if v6 { 104 } else { 84 };

@@ -98,9 +98,7 @@ fn hooks_pass_only_configured_options() {
 /// in syslog.
 #[test]
 fn hooks_never_fail_and_log_errors() {
-    let bed = TestBed::new();
-    let s = Sandbox::new();
-    let env = s.env(&bed.pin_root, pdscp_bin());
+    let (bed, s, env) = bed_and_sandbox();
     bed.add_vxlan("vx11", 111, 40011, Underlay::V4, 11);
     bed.add_vxlan("vx12", 112, 40012, Underlay::V4, 12);
     s.write("tunnels", "vx11 uplink=up0\nvx12 uplink=up0 port=4x\n");

@@ -7,9 +7,7 @@ use super::*;
 /// post-down after the stanza's `post-down ip link del` leaves nothing.
 #[test]
 fn ifupdown_stanza_attaches_marks_and_detaches() {
-    let bed = TestBed::new();
-    let s = Sandbox::new();
-    let env = s.env(&bed.pin_root, pdscp_bin());
+    let (bed, s, env) = bed_and_sandbox();
     let t = bed.add_vxlan("vx1", 101, 40001, Underlay::V4, 1);
     let stanza = [
         ("IF_ADDRESS", "198.19.1.1/24"),
@@ -38,7 +36,7 @@ fn ifupdown_stanza_attaches_marks_and_detaches() {
     assert_nothing_left(&bed);
     // A second ifdown (or one for a tunnel never attached) is harmless.
     ifupdown(&bed.a, &env, "vx1", false, &stanza);
-    assert!(!s.syslog().contains("daemon.err"), "{}", s.syslog());
+    s.assert_no_errors_logged();
 }
 
 /// Interfaces without pdscp options and not in the tunnels file, the uplink
@@ -47,9 +45,7 @@ fn ifupdown_stanza_attaches_marks_and_detaches() {
 /// tunnels file are attached.
 #[test]
 fn ifupdown_acts_only_for_configured_interfaces() {
-    let bed = TestBed::new();
-    let s = Sandbox::new();
-    let env = s.env(&bed.pin_root, pdscp_bin());
+    let (bed, s, env) = bed_and_sandbox();
     bed.add_vxlan("vx1", 101, 40001, Underlay::V4, 1);
     bed.add_vxlan("vx2", 102, 40002, Underlay::V4, 2);
     bed.add_vxlan("vx3", 103, 40003, Underlay::V4, 3);
@@ -78,5 +74,5 @@ fn ifupdown_acts_only_for_configured_interfaces() {
     ifupdown(&bed.a, &env, "vx3", true, &[]);
     assert_attached(&bed, "vx3", UPLINK, Some(40003), &s);
     assert_not_attached(&bed, "vx1");
-    assert!(!s.syslog().contains("daemon.err"), "{}", s.syslog());
+    s.assert_no_errors_logged();
 }

@@ -47,6 +47,15 @@ fn hook(rel: &str) -> String {
     format!("{REPO}/hooks/{rel}")
 }
 
+/// A test bed, a sandbox, and the environment every hook gets on top of its
+/// manager's (the bed's pin root, the real pdscp).
+fn bed_and_sandbox() -> (TestBed, Sandbox, Vec<(String, String)>) {
+    let bed = TestBed::new();
+    let s = Sandbox::new();
+    let env = s.env(&bed.pin_root, pdscp_bin());
+    (bed, s, env)
+}
+
 /// `name` is attached and running, on uplink `uplink`, matching `port`
 /// (None: any port); returns the status.
 fn assert_attached(bed: &TestBed, name: &str, uplink: &str, port: Option<u16>, s: &Sandbox) -> Value {

@@ -4,9 +4,7 @@ use super::*;
 
 #[test]
 fn networkd_dispatcher_routable_and_off() {
-    let bed = TestBed::new();
-    let s = Sandbox::new();
-    let env = s.env(&bed.pin_root, pdscp_bin());
+    let (bed, s, env) = bed_and_sandbox();
     bed.add_vxlan("vx5", 105, 40005, Underlay::V4, 5);
     bed.add_vxlan("vx6", 106, 40006, Underlay::V4, 6);
     bed.add_vxlan("vx7", 107, 40007, Underlay::V4, 7);
@@ -33,5 +31,5 @@ fn networkd_dispatcher_routable_and_off() {
     assert_not_attached(&bed, "vx5");
     networkd_dispatcher(&bed.a, &env, "vx7", "off");
     assert_nothing_left(&bed);
-    assert!(!s.syslog().contains("daemon.err"), "{}", s.syslog());
+    s.assert_no_errors_logged();
 }

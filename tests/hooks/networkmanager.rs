@@ -6,9 +6,7 @@ use super::*;
 /// detaches; down after the device is gone leaves nothing.
 #[test]
 fn networkmanager_dispatcher_attaches_listed_tunnels() {
-    let bed = TestBed::new();
-    let s = Sandbox::new();
-    let env = s.env(&bed.pin_root, pdscp_bin());
+    let (bed, s, env) = bed_and_sandbox();
     let t = bed.add_vxlan("vx2", 102, 40002, Underlay::V6, 2);
     bed.add_vxlan("vx3", 103, 40003, Underlay::V4, 3);
     s.write(
@@ -37,7 +35,7 @@ fn networkmanager_dispatcher_attaches_listed_tunnels() {
     del_link(&bed, "vx2");
     nm_dispatcher(&bed.a, &env, "vx2", "down");
     assert_nothing_left(&bed);
-    assert!(!s.syslog().contains("daemon.err"), "{}", s.syslog());
+    s.assert_no_errors_logged();
 }
 
 /// An interface that is no configured tunnel coming up may be a recreated
@@ -47,9 +45,7 @@ fn networkmanager_dispatcher_attaches_listed_tunnels() {
 /// lacked: the listed tunnels that exist are attached.
 #[test]
 fn uplink_up_repairs_and_attaches_its_tunnels() {
-    let bed = TestBed::new();
-    let s = Sandbox::new();
-    let env = s.env(&bed.pin_root, pdscp_bin());
+    let (bed, s, env) = bed_and_sandbox();
     bed.add_vxlan("vx4", 104, 40004, Underlay::V4, 4);
     bed.add_vxlan("vx5", 105, 40005, Underlay::V4, 5);
     let stanza = [
@@ -80,5 +76,5 @@ fn uplink_up_repairs_and_attaches_its_tunnels() {
         "{}",
         s.syslog()
     );
-    assert!(!s.syslog().contains("daemon.err"), "{}", s.syslog());
+    s.assert_no_errors_logged();
 }

@@ -28,9 +28,7 @@ config tunnel 'vx10'
 /// the global switch; ifdown of a deleted device leaves nothing.
 #[test]
 fn openwrt_hotplug_ifup_ifdown() {
-    let bed = TestBed::new();
-    let s = Sandbox::new();
-    let env = s.env(&bed.pin_root, pdscp_bin());
+    let (bed, s, env) = bed_and_sandbox();
     let t8 = bed.add_vxlan("vx8", 108, 40008, Underlay::V4, 8);
     bed.add_vxlan("vx9", 109, 40009, Underlay::V6, 9);
     bed.add_vxlan("vx10", 110, 40010, Underlay::V4, 10);
@@ -71,7 +69,7 @@ fn openwrt_hotplug_ifup_ifdown() {
     );
     openwrt_hotplug(&bed.a, &s, &env, "ifup", "vpn", "vx9");
     assert_nothing_left(&bed);
-    assert!(!s.syslog().contains("daemon.err"), "{}", s.syslog());
+    s.assert_no_errors_logged();
 }
 
 /// init.d start attaches every enabled tunnel whose device exists (and says
@@ -79,9 +77,7 @@ fn openwrt_hotplug_ifup_ifdown() {
 /// detaches everything.
 #[test]
 fn openwrt_init_start_reload_stop() {
-    let bed = TestBed::new();
-    let s = Sandbox::new();
-    let env = s.env(&bed.pin_root, pdscp_bin());
+    let (bed, s, env) = bed_and_sandbox();
     bed.add_vxlan("vx8", 108, 40008, Underlay::V4, 8);
     bed.add_vxlan("vx10", 110, 40010, Underlay::V4, 10);
     // vx9 (section vpn) does not exist.
@@ -112,5 +108,5 @@ fn openwrt_init_start_reload_stop() {
 
     openwrt_init(&bed.a, &s, &env, "stop");
     assert_nothing_left(&bed);
-    assert!(!s.syslog().contains("daemon.err"), "{}", s.syslog());
+    s.assert_no_errors_logged();
 }

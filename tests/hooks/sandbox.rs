@@ -104,6 +104,11 @@ impl Sandbox {
         fs::read_to_string(self.path("syslog")).unwrap_or_default()
     }
 
+    /// Nothing went to syslog as an error.
+    pub(super) fn assert_no_errors_logged(&self) {
+        assert!(!self.syslog().contains("daemon.err"), "{}", self.syslog());
+    }
+
     /// The environment every hook gets on top of its manager's: where pdscp,
     /// its pins, the hook library and the configuration are.
     pub(super) fn env(&self, pin_root: &Path, pdscp: &str) -> Vec<(String, String)> {

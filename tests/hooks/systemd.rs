@@ -38,10 +38,8 @@ fn systemd_unit_attaches_and_detaches() {
     let start: Vec<&str> = start.iter().map(String::as_str).collect();
     let stop: Vec<&str> = stop.iter().map(String::as_str).collect();
 
-    let bed = TestBed::new();
-    let s = Sandbox::new();
+    let (bed, s, mut env) = bed_and_sandbox();
     // systemd's environment: PATH and little else.
-    let mut env = s.env(&bed.pin_root, pdscp_bin());
     env.push(("INVOCATION_ID".into(), "0123456789abcdef0123456789abcdef".into()));
     bed.add_vxlan("vx-7", 107, 40007, Underlay::V4, 7);
 

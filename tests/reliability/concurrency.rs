@@ -38,8 +38,7 @@ impl Rng {
 /// registry entries are lost.
 #[test]
 fn concurrent_commands_end_as_the_last_one_asked() {
-    let bed = TestBed::new();
-    bed.add_veth(UP1, A1_V4, B1_V4, 1);
+    let bed = two_uplinks();
     let tunnels: Vec<(Tunnel, &str, &str)> = (0u8..8)
         .map(|i| {
             let (uplink, a_ip, b_ip, mode) = if i < 4 {

@@ -171,8 +171,7 @@ impl Drop for MemoryCgroup {
 /// attach must leave nothing, and touch no other uplink.
 #[test]
 fn attach_that_fails_to_load_leaves_nothing() {
-    let bed = TestBed::new();
-    bed.add_veth(UP1, A1_V4, B1_V4, 1);
+    let bed = two_uplinks();
     let by = bed.add_tunnel(&on("lf0", 501, 44000, UPLINK, A_V4, B_V4, 1), false);
     let t = bed.add_tunnel(&on("lf1", 502, 44010, UP1, A1_V4, B1_V4, 2), false);
     attach(&bed, &by, UPLINK, "auto");

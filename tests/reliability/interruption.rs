@@ -31,8 +31,7 @@ const REPAIRS: [Repair; 4] = [
 /// agrees, send again, then attach the victim for good and check it marks.
 /// Every failed scenario is listed at the end.
 fn interruptions(mode: &str) {
-    let bed = TestBed::new();
-    bed.add_veth(UP1, A1_V4, B1_V4, 1);
+    let bed = two_uplinks();
     let by = bed.add_tunnel(&on("by0", 300, 42000, UPLINK, A_V4, B_V4, 1), false);
     let victims = [
         (
@@ -205,8 +204,7 @@ fn interruptions(mode: &str) {
 ///   pdscp detach vic1        # "vic1: not attached", exit 0; pdscp_writer stays on up1
 #[test]
 fn detach_repairs_an_interrupted_command() {
-    let bed = TestBed::new();
-    bed.add_veth(UP1, A1_V4, B1_V4, 1);
+    let bed = two_uplinks();
     let by = bed.add_tunnel(&on("by0", 300, 42000, UPLINK, A_V4, B_V4, 1), false);
     let vic = bed.add_tunnel(&on("vic1", 302, 42020, UP1, A1_V4, B1_V4, 3), false);
     let only_by = attached_map(&[(UPLINK, &["by0"])]);

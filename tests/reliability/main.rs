@@ -62,8 +62,15 @@ fn crashed(out: &Output) -> bool {
 }
 
 // ---------------------------------------------------------------------------
-// The bed: tunnels on a chosen uplink
+// The bed: a second uplink, tunnels on a chosen uplink
 // ---------------------------------------------------------------------------
+
+/// The test bed with [`UP1`] beside up0.
+fn two_uplinks() -> TestBed {
+    let bed = TestBed::new();
+    bed.add_veth(UP1, A1_V4, B1_V4, 1);
+    bed
+}
 
 /// A tunnel bound to uplink `lower` (`dev LOWER`), between `a_ip` and `b_ip`.
 fn on<'a>(

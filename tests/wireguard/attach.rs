@@ -11,8 +11,7 @@ use super::*;
 #[test]
 #[ignore = "needs WireGuard: run scripts/vm-tests.sh"]
 fn attach_discovers_port_uplink_and_mode() {
-    require_wireguard();
-    let bed = TestBed::new();
+    let bed = wireguard_bed();
     let wg0 = add_wg_up0(&bed, "wg0", 1, 51820, 52820, Underlay::V4);
     let wg1 = add_wg_up0(&bed, "wg1", 2, 51821, 52821, Underlay::V6);
     let mode = auto_mode();
@@ -43,8 +42,7 @@ fn attach_discovers_port_uplink_and_mode() {
 #[test]
 #[ignore = "needs WireGuard: run scripts/vm-tests.sh"]
 fn attach_follows_the_fwmark_route() {
-    require_wireguard();
-    let bed = TestBed::new();
+    let bed = wireguard_bed();
     bed.a.sh(&format!(
         "set -e
          ip link add up1 type veth peer name up1 netns {b}
@@ -66,16 +64,8 @@ fn attach_follows_the_fwmark_route() {
     for ns in [&bed.a, &bed.b] {
         ns.sh("sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.up1.rp_filter=0 net.ipv4.conf.up0.rp_filter=0");
     }
-    let wg = add_wg(
-        &bed,
-        "wg0",
-        1,
-        51820,
-        52820,
-        "198.18.2.1".parse().unwrap(),
-        B_V4.into(),
-        1420,
-    );
+    let ends = ("198.18.2.1".parse().unwrap(), B_V4.into());
+    let wg = add_wg(&bed, "wg0", 1, (51820, 52820), ends, 1420);
     bed.a.sh("wg set wg0 fwmark 0x51");
     handshake(&bed, &wg);
     let msg = ok(bed.pdscp(&["attach", "wg0"]));
@@ -89,8 +79,7 @@ fn attach_follows_the_fwmark_route() {
 #[test]
 #[ignore = "needs WireGuard: run scripts/vm-tests.sh"]
 fn listen_port_change_is_picked_up_by_attach() {
-    require_wireguard();
-    let bed = TestBed::new();
+    let bed = wireguard_bed();
     let mut wg = add_wg_up0(&bed, "wg0", 1, 51820, 52820, Underlay::V4);
     let wg_other = add_wg_up0(&bed, "wg1", 2, 51821, 52821, Underlay::V6);
     ok(bed.pdscp(&["attach", "wg0"]));
@@ -119,17 +108,7 @@ fn listen_port_change_is_picked_up_by_attach() {
     // Recreated with another port (same keys): a new ifindex too.
     bed.a.sh("ip link del wg0");
     wg.port_a = 51840;
-    wg_side(
-        &bed.a,
-        "wg0",
-        wg.port_a,
-        &wg.key_a,
-        &wg.key_b,
-        SocketAddr::new(wg.outer_b, wg.port_b),
-        wg.v4_a,
-        wg.v6_a,
-        wg.mtu,
-    );
+    wg.create(&bed, End::A);
     bed.b.sh(&format!(
         "wg set wg0 peer {} endpoint {}",
         wg.key_a.public,

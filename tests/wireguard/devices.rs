@@ -80,6 +80,12 @@ impl Wg {
     }
 }
 
+/// A test bed on a kernel with WireGuard (see [`require_wireguard`]).
+pub(super) fn wireguard_bed() -> TestBed {
+    require_wireguard();
+    TestBed::new()
+}
+
 /// Makes sure the kernel has WireGuard, with a clear message if not.
 pub(super) fn require_wireguard() {
     static CHECKED: OnceLock<Result<(), String>> = OnceLock::new();
@@ -98,48 +104,65 @@ pub(super) fn require_wireguard() {
     }
 }
 
-/// Creates and configures one side's device `name`: listen port, key, the
-/// other side as the only peer (all addresses allowed), inner addresses
-/// `v4`/24 and `v6`/64, up.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn wg_side(
-    ns: &Netns,
-    name: &str,
-    port: u16,
-    key: &Key,
-    peer: &Key,
-    endpoint: SocketAddr,
-    v4: Ipv4Addr,
-    v6: Ipv6Addr,
-    mtu: usize,
-) {
-    ns.sh(&format!(
-        "set -e
-         ip link add {name} mtu {mtu} type wireguard
-         printf '%s\\n' '{private}' | wg set {name} listen-port {port} private-key /proc/self/fd/0 \
-            peer {public} endpoint {endpoint} allowed-ips 0.0.0.0/0,::/0
-         ip addr add {v4}/24 dev {name}
-         ip addr add {v6}/64 dev {name} nodad
-         ip link set {name} up",
-        private = key.private,
-        public = peer.public,
-    ));
+/// One end of a tunnel: in namespace `a` or in `b`.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum End {
+    A,
+    B,
 }
 
-/// Builds WireGuard device `name` in `a` and `b`: listen ports `port_a` /
-/// `port_b`, endpoints `outer_a` / `outer_b` (where the outer packets go
-/// from and to), inner addresses 198.19.`index`.1|2/24 and
-/// 2001:db8:`index`::1|2/64 (index >= 1), then completes the handshake so
-/// that captures see data messages only.
-#[allow(clippy::too_many_arguments)]
+impl Wg {
+    /// Creates and configures the device at `end`: its listen port and key,
+    /// the other end as the only peer (all addresses allowed), its inner
+    /// addresses /24 and /64, up.
+    pub(super) fn create(&self, bed: &TestBed, end: End) {
+        let a = (
+            &bed.a,
+            self.port_a,
+            &self.key_a,
+            self.outer_a,
+            self.v4_a,
+            self.v6_a,
+        );
+        let b = (
+            &bed.b,
+            self.port_b,
+            &self.key_b,
+            self.outer_b,
+            self.v4_b,
+            self.v6_b,
+        );
+        let ((ns, port, key, _, v4, v6), (_, peer_port, peer, peer_outer, ..)) = match end {
+            End::A => (a, b),
+            End::B => (b, a),
+        };
+        let endpoint = SocketAddr::new(peer_outer, peer_port);
+        let (name, mtu) = (&self.name, self.mtu);
+        ns.sh(&format!(
+            "set -e
+             ip link add {name} mtu {mtu} type wireguard
+             printf '%s\\n' '{private}' | wg set {name} listen-port {port} private-key /proc/self/fd/0 \
+                peer {public} endpoint {endpoint} allowed-ips 0.0.0.0/0,::/0
+             ip addr add {v4}/24 dev {name}
+             ip addr add {v6}/64 dev {name} nodad
+             ip link set {name} up",
+            private = key.private,
+            public = peer.public,
+        ));
+    }
+}
+
+/// Builds WireGuard device `name` in `a` and `b`: listen ports `ports`
+/// (`a`'s, `b`'s), endpoints `outer` (where the outer packets go from and
+/// to), inner addresses 198.19.`index`.1|2/24 and 2001:db8:`index`::1|2/64
+/// (index >= 1), then completes the handshake so that captures see data
+/// messages only.
 pub(super) fn add_wg(
     bed: &TestBed,
     name: &str,
     index: u8,
-    port_a: u16,
-    port_b: u16,
-    outer_a: IpAddr,
-    outer_b: IpAddr,
+    (port_a, port_b): (u16, u16),
+    (outer_a, outer_b): (IpAddr, IpAddr),
     mtu: usize,
 ) -> Wg {
     assert!(
@@ -160,28 +183,8 @@ pub(super) fn add_wg(
         key_a: Key::pool(2 * usize::from(index) - 2),
         key_b: Key::pool(2 * usize::from(index) - 1),
     };
-    wg_side(
-        &bed.a,
-        name,
-        port_a,
-        &wg.key_a,
-        &wg.key_b,
-        SocketAddr::new(outer_b, port_b),
-        wg.v4_a,
-        wg.v6_a,
-        mtu,
-    );
-    wg_side(
-        &bed.b,
-        name,
-        port_b,
-        &wg.key_b,
-        &wg.key_a,
-        SocketAddr::new(outer_a, port_a),
-        wg.v4_b,
-        wg.v6_b,
-        mtu,
-    );
+    wg.create(bed, End::A);
+    wg.create(bed, End::B);
     handshake(bed, &wg);
     wg
 }
@@ -199,7 +202,7 @@ pub(super) fn add_wg_up0(
         Underlay::V4 => (A_V4.into(), B_V4.into()),
         Underlay::V6 => (A_V6.into(), B_V6.into()),
     };
-    add_wg(bed, name, index, port_a, port_b, a, b, 1420)
+    add_wg(bed, name, index, (port_a, port_b), (a, b), 1420)
 }
 
 /// Pings through the tunnel until the handshake is done (TCG is slow).

@@ -7,8 +7,7 @@ use super::*;
 #[test]
 #[ignore = "needs WireGuard: run scripts/vm-tests.sh"]
 fn two_tunnels_one_uplink_detach_and_reattach_one() {
-    require_wireguard();
-    let bed = TestBed::new();
+    let bed = wireguard_bed();
     let wg0 = add_wg_up0(&bed, "wg0", 1, 51820, 52820, Underlay::V4);
     let wg1 = add_wg_up0(&bed, "wg1", 2, 51821, 52821, Underlay::V6);
     let wg2 = add_wg_up0(&bed, "wg2", 3, 51822, 52822, Underlay::V4);
@@ -52,8 +51,7 @@ fn two_tunnels_one_uplink_detach_and_reattach_one() {
 #[test]
 #[ignore = "needs WireGuard: run scripts/vm-tests.sh"]
 fn detach_after_ip_link_del() {
-    require_wireguard();
-    let bed = TestBed::new();
+    let bed = wireguard_bed();
     add_wg_up0(&bed, "wg0", 1, 51820, 52820, Underlay::V4);
     let wg1 = add_wg_up0(&bed, "wg1", 2, 51821, 52821, Underlay::V4);
     ok(bed.pdscp(&["attach", "wg0"]));

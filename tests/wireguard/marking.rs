@@ -8,8 +8,7 @@ use super::*;
 #[test]
 #[ignore = "needs WireGuard: run scripts/vm-tests.sh"]
 fn wireguard_alone_loses_marks() {
-    require_wireguard();
-    let bed = TestBed::new();
+    let bed = wireguard_bed();
     let wg = add_wg_up0(&bed, "wg0", 1, 51820, 52820, Underlay::V4);
     check_udp_and_icmp(&bed, &wg, &bed.b, UPLINK, false, "without pdscp");
 }

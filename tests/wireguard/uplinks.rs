@@ -1,5 +1,7 @@
 //! Uplinks other than a plain veth: WireGuard inside WireGuard (L3), VLANs.
 
+use std::net::IpAddr;
+
 use super::*;
 
 /// An L3 uplink: WireGuard inside WireGuard. wg1's endpoint is b's address
@@ -10,20 +12,11 @@ use super::*;
 #[test]
 #[ignore = "needs WireGuard: run scripts/vm-tests.sh"]
 fn l3_uplink_wireguard_in_wireguard() {
-    require_wireguard();
-    let bed = TestBed::new();
+    let bed = wireguard_bed();
     let wg0 = add_wg_up0(&bed, "wg0", 1, 51820, 52820, Underlay::V4);
     // 1420 - 20 (IPv4) - 8 (UDP) - 32 (WireGuard) = 1360: no fragments in wg0.
-    let wg1 = add_wg(
-        &bed,
-        "wg1",
-        2,
-        51821,
-        52821,
-        wg0.v4_a.into(),
-        wg0.v4_b.into(),
-        1360,
-    );
+    let ends = (wg0.v4_a.into(), wg0.v4_b.into());
+    let wg1 = add_wg(&bed, "wg1", 2, (51821, 52821), ends, 1360);
     for order in [["wg1", "wg0"], ["wg0", "wg1"]] {
         let ctx = format!("attached {order:?}");
         for name in order {
@@ -91,8 +84,7 @@ fn l3_uplink_wireguard_in_wireguard() {
 /// Frames are captured where `a`'s veth sends them (tags in-band), and a
 /// mirror on the writer's hook shows which form it saw.
 fn vlan_uplink(reorder_hdr: bool) {
-    require_wireguard();
-    let bed = TestBed::new();
+    let bed = wireguard_bed();
     for (ns, me, peer, mac) in [
         (&bed.a, 1, 2, "02:00:00:00:00:02"),
         (&bed.b, 2, 1, "02:00:00:00:00:01"),
@@ -109,26 +101,13 @@ fn vlan_uplink(reorder_hdr: bool) {
             r = if reorder_hdr { "on" } else { "off" }
         ));
     }
-    let wg4 = add_wg(
-        &bed,
-        "wg0",
-        1,
-        51820,
-        52820,
-        "198.18.10.1".parse().unwrap(),
-        "198.18.10.2".parse().unwrap(),
-        1420,
+    let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+    let (v4, v6) = (
+        (ip("198.18.10.1"), ip("198.18.10.2")),
+        (ip("2001:db8:ff10::1"), ip("2001:db8:ff10::2")),
     );
-    let wg6 = add_wg(
-        &bed,
-        "wg1",
-        2,
-        51821,
-        52821,
-        "2001:db8:ff10::1".parse().unwrap(),
-        "2001:db8:ff10::2".parse().unwrap(),
-        1420,
-    );
+    let wg4 = add_wg(&bed, "wg0", 1, (51820, 52820), v4, 1420);
+    let wg6 = add_wg(&bed, "wg1", 2, (51821, 52821), v6, 1420);
     for wg in [&wg4, &wg6] {
         let msg = ok(bed.pdscp(&["attach", &wg.name, "--uplink", UPLINK]));
         assert!(msg.contains("attached to up0"), "{msg}");

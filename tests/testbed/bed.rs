@@ -2,14 +2,11 @@
 //! the veth uplink `up0`, further uplinks beside it, and VXLAN tunnels
 //! between them.
 
-use std::ffi::OsStr;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
-use std::process::Output;
 
 use super::ethtool::set_features_off;
 use super::namespaces::{unique, Netns};
-use super::pdscp::{pdscp_cmd, run_cmd};
 
 /// Name of the veth uplink in both namespaces.
 pub const UPLINK: &str = "up0";
@@ -192,12 +189,6 @@ impl TestBed {
                 mac = me.mac,
             ));
         }
-    }
-
-    /// Runs `pdscp --pin-root <pin_root> --netns <a> <args...>` (see
-    /// [`pdscp_cmd`] and [`run_cmd`]).
-    pub fn pdscp<S: AsRef<OsStr>>(&self, args: &[S]) -> Output {
-        run_cmd(pdscp_cmd(&self.pin_root, Some(&self.a), args))
     }
 }
 

@@ -142,6 +142,14 @@ pub fn refused(out: Output, expect: &str) -> String {
     stderr
 }
 
+impl TestBed {
+    /// Runs `pdscp --pin-root <pin_root> --netns <a> <args...>` (see
+    /// [`pdscp_cmd`] and [`run_cmd`]).
+    pub fn pdscp<S: AsRef<OsStr>>(&self, args: &[S]) -> Output {
+        run_cmd(pdscp_cmd(&self.pin_root, Some(&self.a), args))
+    }
+}
+
 // ---------------------------------------------------------------------------
 // attach and detach
 // ---------------------------------------------------------------------------

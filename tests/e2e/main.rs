@@ -20,15 +20,6 @@ use testbed::*;
 /// Both attach modes: TCX links and clsact filters.
 const MODES: [&str; 2] = ["tcx", "tc"];
 
-/// Outer packets of tunnel `t` leaving a, carrying inner protocol `proto`.
-fn from_a(frames: &[Vec<u8>], t: &Tunnel, proto: u8) -> Vec<TunnelPacket> {
-    parse_all(frames)
-        .into_iter()
-        .filter(|p| p.vni == t.vni && p.outer_sport == t.srcport && p.inner_proto == proto)
-        .filter(|p| p.inner_src == t.a_addr(false) || p.inner_src == t.a_addr(true))
-        .collect()
-}
-
 /// At least `min` packets.
 fn assert_at_least(pkts: &[TunnelPacket], min: usize, what: &str) {
     assert!(

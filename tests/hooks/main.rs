@@ -101,11 +101,7 @@ fn udp_through(bed: &TestBed, t: &Tunnel) -> Vec<TunnelPacket> {
     let cap = Capture::start(&bed.b, UPLINK);
     send_udp(&bed.a, t.b_addr(false), 9000, 0xb8, 5);
     send_udp(&bed.a, t.b_addr(true), 9001, 0x28, 5);
-    parse_all(&cap.stop())
-        .into_iter()
-        .filter(|p| p.vni == t.vni && p.outer_sport == t.srcport && p.inner_proto == IPPROTO_UDP)
-        .filter(|p| p.inner_src == t.a_addr(false) || p.inner_src == t.a_addr(true))
-        .collect()
+    from_a(&cap.stop(), t, IPPROTO_UDP)
 }
 
 fn assert_marked(pkts: &[TunnelPacket]) {

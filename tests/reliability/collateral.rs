@@ -18,9 +18,9 @@ mod foreign_skel {
 }
 
 /// Somebody else's programs beside pdscp's: test_foreign as a cls_bpf filter
-/// (prio 20000) and as a pinned TCX link, each on the uplink's and the
+/// (prio FOREIGN_PRIO) and as a pinned TCX link, each on the uplink's and the
 /// tunnel's egress, pinned with its map in a directory of its own under
-/// /sys/fs/bpf; and u32 counter filters (prio 40000) on the uplink's egress
+/// /sys/fs/bpf; and u32 counter filters (prio COUNTER_PRIO) on the uplink's egress
 /// and ingress and the tunnel's egress.
 struct Foreign {
     dir: Scratch,

@@ -106,15 +106,9 @@ fn send_ef(bed: &TestBed, tunnels: &[&Tunnel], dport: u16, n: usize) {
 
 /// Outer packets of tunnel `t` leaving a that carry inner UDP to `dport`.
 fn flow(frames: &[Vec<u8>], t: &Tunnel, dport: u16) -> Vec<TunnelPacket> {
-    parse_all(frames)
+    from_a(frames, t, IPPROTO_UDP)
         .into_iter()
-        .filter(|p| {
-            p.vni == t.vni
-                && p.outer_sport == t.srcport
-                && p.inner_proto == IPPROTO_UDP
-                && p.inner_dport == Some(dport)
-                && p.inner_src == t.a_addr(false)
-        })
+        .filter(|p| p.inner_dport == Some(dport) && p.inner_src == t.a_addr(false))
         .collect()
 }
 

@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::bed::VXLAN_PORT;
+use super::bed::{Tunnel, VXLAN_PORT};
 
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
@@ -197,4 +197,14 @@ pub fn parse_vxlan(frame: &[u8]) -> Option<TunnelPacket> {
 /// Parses every frame, dropping what is not VXLAN.
 pub fn parse_all(frames: &[Vec<u8>]) -> Vec<TunnelPacket> {
     frames.iter().filter_map(|f| parse_vxlan(f)).collect()
+}
+
+/// The outer packets of tunnel `t` leaving `a`: from its outer source port,
+/// with its VNI, from `a`'s inner address, carrying inner protocol `proto`.
+pub fn from_a(frames: &[Vec<u8>], t: &Tunnel, proto: u8) -> Vec<TunnelPacket> {
+    parse_all(frames)
+        .into_iter()
+        .filter(|p| p.vni == t.vni && p.outer_sport == t.srcport && p.inner_proto == proto)
+        .filter(|p| p.inner_src == t.a_addr(false) || p.inner_src == t.a_addr(true))
+        .collect()
 }

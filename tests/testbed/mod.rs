@@ -1,4 +1,5 @@
-//! Test bed for pdscp's integration tests (`mod testbed;`).
+//! Test bed for pdscp's integration tests: `mod testbed;` in tests/NAME.rs,
+//! `#[path = "../testbed/mod.rs"] mod testbed;` in tests/NAME/main.rs.
 //!
 //! Two network namespaces joined by a veth "uplink" (`up0`): `a` is the
 //! router that runs pdscp, `b` is the far end. VXLAN tunnels with a fixed
@@ -6,7 +7,8 @@
 //! WireGuard they encapsulate in UDP from a fixed port, write outer DSCP 0 and
 //! copy only the ECN bits outwards. On top of that: packet capture, a VXLAN
 //! parser, bounded traffic generators, an unrelated legacy tc filter with a
-//! hit counter, and a helper that runs the pdscp binary.
+//! hit counter, helpers that run the pdscp binary and read its status, and
+//! an audit of its pins against what the kernel runs.
 //!
 //! Everything is unique per test (namespace names carry the process id and a
 //! counter) and is removed in `Drop`, so tests may run in parallel threads.

@@ -1,0 +1,84 @@
+//! tc beside pdscp: an unrelated legacy filter with a hit counter.
+
+use super::namespaces::Netns;
+
+/// Veth pair that [`tc_filter_add_counter`] mirrors into (the peer drops it).
+pub const COUNTER_SINK: &str = "pdsink0";
+pub const COUNTER_SINK_PEER: &str = "pdsink0p";
+
+/// Side of a clsact qdisc.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcDir {
+    Ingress,
+    Egress,
+}
+
+impl TcDir {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TcDir::Ingress => "ingress",
+            TcDir::Egress => "egress",
+        }
+    }
+}
+
+/// Adds the clsact qdisc to `dev` unless it is there already.
+pub fn ensure_clsact(ns: &Netns, dev: &str) {
+    let out = ns.try_sh(&format!("tc qdisc add dev {dev} clsact"));
+    if !out.status.success() && !ns.sh(&format!("tc qdisc show dev {dev}")).contains("clsact") {
+        panic!("adding clsact to {dev}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// Installs a match-everything u32 filter at `prio` on `dev`'s clsact hook,
+/// whose action mirrors each packet into [`COUNTER_SINK`] and then
+/// `continue`s, so classification goes on exactly as without it. This kernel
+/// has neither matchall nor gact, so mirred is the action with a counter;
+/// the sink's peer drops the copies (wrong MAC). Capturing on
+/// [`COUNTER_SINK_PEER`] shows what the hook saw (e.g. GSO super-packets).
+pub fn tc_filter_add_counter(ns: &Netns, dev: &str, dir: TcDir, prio: u16) {
+    ensure_clsact(ns, dev);
+    ns.sh(&format!(
+        "set -e
+         if ! ip link show {COUNTER_SINK} >/dev/null 2>&1; then
+             ip link add {COUNTER_SINK} type veth peer name {COUNTER_SINK_PEER}
+             ip link set {COUNTER_SINK} addrgenmode none
+             ip link set {COUNTER_SINK_PEER} addrgenmode none
+             ip link set {COUNTER_SINK} up
+             ip link set {COUNTER_SINK_PEER} up
+         fi
+         tc filter add dev {dev} {dir} prio {prio} protocol all u32 match u32 0 0 \
+            action mirred egress mirror dev {COUNTER_SINK} continue",
+        dir = dir.as_str()
+    ));
+}
+
+/// Packets counted by the filter at `prio` (0 if there is none any more).
+pub fn tc_filter_packets(ns: &Netns, dev: &str, dir: TcDir, prio: u16) -> u64 {
+    let json = ns.sh(&format!(
+        "tc -s -j filter show dev {dev} {} prio {prio}",
+        dir.as_str()
+    ));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("tc json {e}: {json}"));
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f.pointer("/options/actions")?.as_array())
+        .flatten()
+        .filter_map(|a| a.pointer("/stats/packets")?.as_u64())
+        .sum()
+}
+
+/// Whether a filter exists at `prio` on `dev`'s clsact hook.
+pub fn tc_filter_exists(ns: &Netns, dev: &str, dir: TcDir, prio: u16) -> bool {
+    let out = ns.try_sh(&format!(
+        "tc -j filter show dev {dev} {} prio {prio}",
+        dir.as_str()
+    ));
+    out.status.success() && String::from_utf8_lossy(&out.stdout).contains("\"kind\"")
+}
+
+/// Priority of the counter filters the tests put beside pdscp's.
+pub const COUNTER_PRIO: u16 = 40000;
+/// Priority of the foreign cls_bpf program the tests put beside pdscp's.
+pub const FOREIGN_PRIO: u16 = 20000;

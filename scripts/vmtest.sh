@@ -2,26 +2,27 @@
 # vmtest.sh - run a host command inside one of Debian's stock kernels under QEMU.
 #
 # Usage:
-#   scripts/vmtest.sh [--kernel 6.1|6.12] [--cache DIR] [--mem MB] [--timeout SEC]
+#   scripts/vmtest.sh [--kernel 5.10|6.1|6.12] [--cache DIR] [--mem MB] [--timeout SEC]
 #                     [--root DIR [--systemd]] [--env NAME[=VALUE]]... [--verbose]
 #                     -- COMMAND [ARGS...]
 #   scripts/vmtest.sh --kernel 6.1 --fetch-only     # only download/unpack the kernel
 #
-# Why: the host kernel has no WireGuard, and pdscp must be tested on 6.1 (tc clsact,
-# no TCX) and 6.12 (TCX). Debian's own kernels give us both, with real modules.
+# Why: the host kernel has no WireGuard, and pdscp must be tested on 5.10 (Debian 11)
+# and 6.1 (Debian 12), both tc clsact without TCX, and 6.12 (TCX). Debian's own
+# kernels give us all three, with real modules.
 #
 # How:
 #   1. `apt-get download` the newest linux-image-<series>-amd64-unsigned package
-#      (6.1 from bookworm/bookworm-security, 6.12 from bookworm-security/
-#      bookworm-backports) with a private apt setup in the cache dir, whose
-#      sources name the Debian archive the host's apt uses (the host's apt
-#      sources are not changed), `dpkg -x` it into the cache dir (never the host's
-#      /boot or /lib/modules) and `depmod -b` it, once, under a lock on the cache
-#      (scripts/lib/debian-kernel.sh).
+#      (5.10 from bullseye/bullseye-security, 6.1 from bookworm/bookworm-security,
+#      6.12 from bookworm-security/bookworm-backports) with a private apt setup in
+#      the cache dir, whose sources name the Debian archive the host's apt uses
+#      (the host's apt sources are not changed), `dpkg -x` it into the cache dir
+#      (never the host's /boot or /lib/modules) and `depmod -b` it, once, under a
+#      lock on the cache (scripts/lib/debian-kernel.sh).
 #   2. Build a tiny per-run initramfs: static busybox, the handful of modules
-#      needed to reach the host filesystem (virtio, 9p, overlay; decompressed if
-#      the kernel ships them as .ko.xz or .ko.zst), an /init script and the
-#      command to run.
+#      needed to reach the host filesystem (virtio, 9p, overlay; 5.10 and 6.1 ship
+#      them as .ko, later kernels as .ko.xz, decompressed here), an /init script
+#      and the command to run.
 #   3. Boot the kernel with QEMU TCG (no usable KVM here). /init mounts the HOST root
 #      read-only over 9p, puts a tmpfs overlay on top (the guest may write anywhere;
 #      nothing reaches the host), binds the guest kernel's module tree over
@@ -92,7 +93,7 @@ usage_error() {
 parse_args() {
     while (($#)); do
         case $1 in
-            --kernel) KERNEL_SERIES=${2:?--kernel needs 6.1 or 6.12}; shift 2 ;;
+            --kernel) KERNEL_SERIES=${2:?--kernel needs 5.10, 6.1 or 6.12}; shift 2 ;;
             --cache) CACHE_DIR=${2:?--cache needs a directory}; shift 2 ;;
             --mem) MEM_MB=${2:?--mem needs MB}; shift 2 ;;
             --timeout) TIMEOUT_SEC=${2:?--timeout needs seconds}; shift 2 ;;
@@ -106,7 +107,7 @@ parse_args() {
             *) usage_error "unknown argument: $1" ;;
         esac
     done
-    case $KERNEL_SERIES in 6.1|6.12) ;; *) usage_error "--kernel must be 6.1 or 6.12" ;; esac
+    case $KERNEL_SERIES in 5.10|6.1|6.12) ;; *) usage_error "--kernel must be 5.10, 6.1 or 6.12" ;; esac
     [[ $MEM_MB =~ ^[0-9]+$ ]] || usage_error "--mem must be a number of MB"
     [[ $TIMEOUT_SEC =~ ^[1-9][0-9]*$ ]] || usage_error "--timeout must be a number of seconds"
     ((FETCH_ONLY || ${#COMMAND[@]})) || usage_error "no COMMAND given"

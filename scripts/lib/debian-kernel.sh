@@ -4,7 +4,8 @@
 # (amd64) and scripts/vm-bigendian.sh (s390x), which define log().
 #
 # Kernels by architecture and series, and the suites they come from:
-#   amd64  6.1   linux-image-6.1.0-N-amd64-unsigned     bookworm, bookworm-security
+#   amd64  5.10  linux-image-5.10.0-N-amd64-unsigned    bullseye, bullseye-security
+#          6.1   linux-image-6.1.0-N-amd64-unsigned     bookworm, bookworm-security
 #          6.12  linux-image-6.12.N+deb12-amd64-unsigned  bookworm-security,
 #                                                       bookworm-backports
 #   s390x  6.1   linux-image-6.1.0-N-s390x              bookworm, bookworm-updates
@@ -54,6 +55,7 @@ DK_UPDATED=0  # the private lists of this architecture were updated by this run
 # flavour (not -cloud-, not -rt-), as a regex (apt-cache matches names with it).
 debian_kernel_regex() {
     case $1:$2 in
+        amd64:5.10) echo '^linux-image-5\.10\.0-[0-9]+-amd64-unsigned$' ;;
         amd64:6.1) echo '^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$' ;;
         amd64:6.12) echo '^linux-image-6\.12\.[0-9]+[^-]*-amd64-unsigned$' ;;
         s390x:6.1) echo '^linux-image-6\.1\.0-[0-9]+-s390x$' ;;
@@ -66,7 +68,8 @@ debian_kernel_regex() {
 # "security SUITE" (its security archive), one a line.
 dk_suites() {
     case $1 in
-        amd64) printf '%s\n' "main bookworm" "security bookworm-security" "main bookworm-backports" ;;
+        amd64) printf '%s\n' "main bookworm" "security bookworm-security" \
+                   "main bookworm-backports" "main bullseye" "security bullseye-security" ;;
         s390x) printf '%s\n' "main bookworm" "main bookworm-updates" "main bookworm-backports" ;;
     esac
 }
@@ -353,8 +356,8 @@ debian_package_prepare() {
 
 # debian_kernel_modules DIR MODULE...: copies MODULE... of kernel KVER (in
 # KROOT) and the modules they depend on into DIR, decompressed (busybox insmod
-# reads plain .ko only; Debian's are .ko in 6.1, .ko.xz in later kernels),
-# and prints their file names (NAME.ko) in load order, each once.
+# reads plain .ko only; Debian's are .ko in 5.10 and 6.1, .ko.xz in later
+# kernels), and prints their file names (NAME.ko) in load order, each once.
 # Built-in modules are skipped. Returns 1 (with a message) if one is missing.
 debian_kernel_modules() {
     local dir=$1 m line ko name out

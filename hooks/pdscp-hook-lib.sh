@@ -1,6 +1,7 @@
 # shellcheck shell=dash
 # pdscp-hook-lib.sh: what pdscp's network-manager hooks share (ifupdown,
-# NetworkManager, networkd-dispatcher, pdscp-hook for systemd). Sourced, not
+# NetworkManager, networkd-dispatcher, pdscp-hook for systemd); OpenWrt's
+# pdscp-openwrt.sh uses its settings, pdscp_log and pdscp_run. Sourced, not
 # run; POSIX sh plus `local` (dash, bash, busybox ash). See docs/hooks.md.
 #
 # A hook calls pdscp_ifup / pdscp_ifdown for an interface event: they act only

@@ -6,8 +6,8 @@
 #   PDSCP_BE_KERNELS="6.1 6.12"  kernels to boot (default both; 6.1 tests --mode tc,
 #                                6.12 --mode tcx and then --mode tc)
 #   PDSCP_BE_TIMEOUT=300         seconds per boot
-#   PDSCP_BE_MIRROR=URL          Debian mirror for the s390x packages
-#                                (default http://deb.debian.org/debian)
+#   PDSCP_BE_MIRROR=URL          Debian mirror for the s390x packages (default:
+#                                the one the host's apt uses, else deb.debian.org)
 #   CARGO_TARGET_DIR             as for cargo (default ./target)
 #
 # Why: the BPF object is endian-specific and build.rs must compile it for the
@@ -26,8 +26,10 @@
 #      download from a private apt state in the cache (its own sources list, state
 #      and archives: the system's apt configuration and dpkg architectures are not
 #      touched), dpkg -x's them into /var/cache/pdscp-vmtest/kernels-s390x/<version>/
-#      (never the host's /boot) and depmod's them. 6.1 comes from bookworm, 6.12
-#      from bookworm-backports (bookworm-security no longer builds s390x).
+#      (never the host's /boot) and depmod's them, under the cache's lock, as
+#      scripts/vmtest.sh does for amd64 (scripts/lib/debian-kernel.sh). 6.1 comes
+#      from bookworm, 6.12 from bookworm-backports (bookworm-security no longer
+#      builds s390x).
 #   5. Per kernel: an initramfs with busybox, pdscp and its libc, the helpers, the
 #      modules dummy, sch_ingress (clsact) and cls_bpf, and tests/bigendian/
 #      guest-init.sh as /init; boots it with a time-out; the guest's checks come
@@ -43,6 +45,8 @@ cd "$(dirname "$0")/.."
 readonly SRC=$PWD
 # shellcheck source=scripts/lib/packages.sh
 . scripts/lib/packages.sh
+# shellcheck source=scripts/lib/debian-kernel.sh
+. scripts/lib/debian-kernel.sh
 
 readonly TARGET=s390x-unknown-linux-gnu
 readonly CROSS=s390x-linux-gnu
@@ -55,9 +59,7 @@ readonly EXIT_FAILED=1 EXIT_SETUP=125
 
 KERNELS=${PDSCP_BE_KERNELS:-6.1 6.12}
 TIMEOUT_SEC=${PDSCP_BE_TIMEOUT:-300}
-MIRROR=${PDSCP_BE_MIRROR:-http://deb.debian.org/debian}
-CACHE_DIR=${XDG_CACHE_HOME:-/var/cache}/pdscp-vmtest
-APT_DIR=$CACHE_DIR/apt-s390x
+DK_MIRROR=${PDSCP_BE_MIRROR:-}  # scripts/lib/debian-kernel.sh; empty: the host's
 TARGET_DIR=${CARGO_TARGET_DIR:-$SRC/target}
 VERBOSE=0
 RUN=""
@@ -67,9 +69,7 @@ TAP_N=0
 TAP_FAILED=0
 INTERRUPTED=0
 
-# Filled in by prepare_kernel.
-KVER=""
-KROOT=""
+# KVER and KROOT: filled in by debian_kernel_prepare (scripts/lib/debian-kernel.sh).
 
 log() { printf '%s: %s\n' "$SELF" "$*" >&2; }
 die() { log "error: $*"; exit "$EXIT_SETUP"; }
@@ -117,122 +117,12 @@ ensure_host_packages() {
     fi
 }
 
-# apt for s390x packages, in a state of its own under the cache: the host's sources,
-# lists, dpkg status and architectures are neither used nor changed.
-apt_s390x_opts() {
-    local tool=$1; shift
-    "$tool" -q -o Dir::Etc::SourceList="$APT_DIR/sources.list" \
-        -o Dir::Etc::SourceParts="$APT_DIR/empty" \
-        -o Dir::Etc::Preferences="$APT_DIR/empty/none" \
-        -o Dir::Etc::PreferencesParts="$APT_DIR/empty" \
-        -o Dir::State="$APT_DIR/state" -o Dir::State::status="$APT_DIR/status" \
-        -o Dir::Cache="$APT_DIR/cache" \
-        -o Dir::Cache::pkgcache="$APT_DIR/cache/pkgcache.bin" \
-        -o Dir::Cache::srcpkgcache="$APT_DIR/cache/srcpkgcache.bin" \
-        -o APT::Architecture=s390x -o APT::Architectures=s390x \
-        -o Acquire::Languages=none -o APT::Sandbox::User=root "$@"
-}
-
-apt_s390x_update() {
-    mkdir -p "$APT_DIR"/{empty,state/lists/partial,cache/archives/partial}
-    : >>"$APT_DIR/status"
-    local suite
-    for suite in bookworm bookworm-updates bookworm-backports; do
-        echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $MIRROR $suite main"
-    done >"$APT_DIR/sources.list"
-    log "updating the private s390x apt lists"
-    apt_s390x_opts apt-get update >&2
-    touch "$APT_DIR/.updated"
-}
-
-# Lists older than a day (or none): update; a failed update keeps the old lists.
-apt_s390x_fresh() {
-    if [[ -z $(find "$APT_DIR/.updated" -mmin -1440 2>/dev/null) ]]; then
-        apt_s390x_update || log "apt-get update (s390x) failed; using what is cached"
-    fi
-}
-
-# Newest package (with a candidate) whose name matches the regex, or nothing.
-newest_s390x_package() {
-    [[ -e $APT_DIR/.updated ]] || return 0
-    apt_s390x_opts apt-cache policy "$1" 2>/dev/null | awk '
-        /^[^ ].*:$/ { pkg = substr($0, 1, length($0) - 1) }
-        /^  Candidate:/ && $2 != "(none)" { print pkg }' | sort -V | tail -n1
-}
-
-# apt-get download PACKAGE and dpkg -x it into DIR (fresh).
-fetch_unpack() {
-    local pkg=$1 dir=$2 tmp
-    tmp=$(mktemp -d "$CACHE_DIR/.fetch.XXXXXX")
-    log "fetching $pkg (s390x)"
-    if ! (cd "$tmp" && apt_s390x_opts apt-get download "$pkg" >&2); then
-        rm -rf "$tmp"
-        return 1
-    fi
-    mkdir "$tmp/root"
-    dpkg -x "$tmp"/*.deb "$tmp/root" || { rm -rf "$tmp"; return 1; }
-    rm -f "$tmp"/*.deb
-    rm -rf "$dir"
-    mkdir -p "${dir%/*}"
-    mv "$tmp" "$dir"
-}
-
-kernel_regex() {
-    case $1 in
-        6.1) echo '^linux-image-6\.1\.0-[0-9]+-s390x$' ;;
-        6.12) echo '^linux-image-6\.12\.[0-9]+\+deb12-s390x$' ;;
-    esac
-}
-
-newest_cached_kver() {
-    local d re
-    re=$(kernel_regex "$1")
-    for d in "$CACHE_DIR"/kernels-s390x/*/.complete; do
-        [[ -e $d ]] || continue
-        d=${d%/.complete}; d=${d##*/}
-        [[ linux-image-$d =~ $re ]] && echo "$d"
-    done | sort -V | tail -n1
-}
-
-# Sets KVER and KROOT for series $1; returns 1 if no such kernel can be had.
-prepare_kernel() {
-    local series=$1 pkg kdir
-    pkg=$(newest_s390x_package "$(kernel_regex "$series")")
-    if [[ -n $pkg ]]; then
-        KVER=${pkg#linux-image-}
-    else
-        KVER=$(newest_cached_kver "$series")
-        [[ -n $KVER ]] || return 1
-        log "apt found no s390x $series kernel; using cached $KVER"
-    fi
-    kdir=$CACHE_DIR/kernels-s390x/$KVER
-    KROOT=$kdir/root
-    [[ -e $kdir/.complete ]] && return 0
-    fetch_unpack "$pkg" "$kdir" || return 1
-    [[ -f $KROOT/boot/vmlinuz-$KVER && -d $KROOT/lib/modules/$KVER ]] ||
-        die "$pkg does not contain vmlinuz-$KVER and its modules"
-    # The module tree is large and only three modules are used, but keep it whole
-    # (and depmod'ed) like scripts/vmtest.sh's kernels: dependencies come from it.
-    depmod -b "$KROOT" "$KVER"
-    touch "$kdir/.complete"
-}
-
+# busybox-static:s390x, unpacked in the cache; sets BUSYBOX.
 prepare_busybox() {
-    local pkg=busybox-static ver dir
-    ver=$(apt_s390x_opts apt-cache policy "$pkg" 2>/dev/null | awk '/^  Candidate:/ { print $2 }')
-    if [[ -z $ver || $ver == "(none)" ]]; then
-        # Offline: the newest cached one.
-        dir=$(find "$CACHE_DIR/busybox-s390x" -mindepth 1 -maxdepth 1 -type d 2>/dev/null | sort -V | tail -n1)
-        [[ -n $dir && -e $dir/.complete ]] || die "cannot find busybox-static for s390x"
-    else
-        dir=$CACHE_DIR/busybox-s390x/${ver//:/%3a}
-        if [[ ! -e $dir/.complete ]]; then
-            fetch_unpack "$pkg" "$dir" || die "apt-get download $pkg (s390x) failed"
-            touch "$dir/.complete"
-        fi
-    fi
-    BUSYBOX=$dir/root/bin/busybox
-    [[ -x $BUSYBOX ]] || die "no bin/busybox in $dir"
+    debian_package_prepare s390x busybox-static busybox-s390x ||
+        die "cannot fetch busybox-static for s390x"
+    BUSYBOX=$DK_PKGROOT/bin/busybox
+    [[ -x $BUSYBOX ]] || die "no bin/busybox in ${DK_PKGROOT%/root}"
 }
 
 build() {
@@ -273,7 +163,7 @@ check_bpf_object() {
 # The initramfs for kernel $KVER testing modes $1: busybox, pdscp with its shared
 # libraries, the helpers, the modules and /init.
 build_initramfs() {
-    local out=$1 modes=$2 stage lib line ko name args m
+    local out=$1 modes=$2 stage lib modules name args
     stage=$(mktemp -d "$RUN/initramfs.XXXXXX")
     mkdir -p "$stage"/{bin,dev,etc,proc,sys,tmp,usr/sbin,lib/modules,lib/s390x-linux-gnu}
     cp "$BUSYBOX" "$stage/bin/busybox"
@@ -286,27 +176,13 @@ build_initramfs() {
     done
     cp -L "$CROSS_LIBDIR/ld64.so.1" "$stage/lib/ld64.so.1"
     # The modules in load order, decompressed (busybox insmod reads plain .ko).
-    : >"$stage/lib/modules/order"
-    while read -r line; do
-        [[ $line == insmod\ * ]] || continue
-        ko=${line#insmod }; ko=${ko%% *}
-        name=${ko##*/}; name=${name%.xz}; name=${name%.zst}
-        [[ -e $stage/lib/modules/$name ]] && continue
-        case $ko in
-            *.xz) xz -dc "$ko" >"$stage/lib/modules/$name" ;;
-            *.zst) zstd -qdc "$ko" >"$stage/lib/modules/$name" ;;
-            *) cp "$ko" "$stage/lib/modules/$name" ;;
-        esac
+    modules=$(debian_kernel_modules "$stage/lib/modules" "${GUEST_MODULES[@]}") ||
+        die "the modules of $KVER"
+    for name in $modules; do
         args=""
         [[ $name == dummy.ko ]] && args=numdummies=0  # the guest creates both itself
-        echo "$name $args" >>"$stage/lib/modules/order"
-    done < <(for m in "${GUEST_MODULES[@]}"; do
-                 modprobe -C /dev/null --show-depends -d "$KROOT" -S "$KVER" "$m" ||
-                     echo "missing $m"
-             done)
-    for m in "${GUEST_MODULES[@]}"; do
-        grep -q "^$m.ko " "$stage/lib/modules/order" || die "module $m not found for $KVER"
-    done
+        echo "$name $args"
+    done >"$stage/lib/modules/order"
     install -m 755 tests/bigendian/guest-init.sh "$stage/init"
     printf 'MODES=%q\n' "$modes" >"$stage/etc/pdscp-be.conf"
     (cd "$stage" && find . | cpio -o -H newc --quiet) >"$out"
@@ -339,7 +215,7 @@ run_vm() {
 # One boot: kernel series $1, attach modes $2; its checks as TAP lines.
 test_kernel() {
     local series=$1 modes=$2 console lines line failed_before=$TAP_FAILED start
-    if ! prepare_kernel "$series"; then
+    if ! debian_kernel_prepare s390x "$series"; then
         # 6.1 is Debian 12's own kernel: without it the test cannot run. 6.12 (TCX)
         # is a backport that may come and go: skip it, visibly.
         [[ $series == 6.12 ]] || die "cannot fetch Debian 12's s390x $series kernel"
@@ -385,18 +261,13 @@ main() {
     parse_args "$@"
     local start=$SECONDS series modes
     ensure_host_packages
-    mkdir -p "$CACHE_DIR"
     RUN=$(mktemp -d "${TMPDIR:-/tmp}/pdscp-vm-bigendian.XXXXXX")
     # shellcheck disable=SC2064 # expand $RUN now
     trap "rm -rf '$RUN'" EXIT
     build
     log "build done after $((SECONDS - start)) s"
 
-    # One run at a time fetches into the cache.
-    local lock_fd
-    exec {lock_fd}>"$CACHE_DIR/.lock-s390x"
-    flock "$lock_fd"
-    apt_s390x_fresh
+    # Fetches into the cache take its lock (scripts/lib/debian-kernel.sh).
     prepare_busybox
 
     echo "# pdscp $(git -C "$SRC" describe --always --dirty 2>/dev/null || echo '?') for $TARGET"
@@ -408,8 +279,6 @@ main() {
         esac
         test_kernel "$series" "$modes"
     done
-    flock -u "$lock_fd"
-    exec {lock_fd}>&-
 
     echo "1..$TAP_N"
     if ((TAP_FAILED)); then

@@ -1,21 +1,25 @@
 #!/usr/bin/env bash
 # vm-tests.sh - the tests that need real WireGuard and whole Debian systems,
 # under QEMU (scripts/vmtest.sh): this machine's kernel has no WireGuard, and
-# pdscp must work on Debian's stock 6.1 (tc) and 6.12 (TCX) kernels.
+# pdscp must work on Debian's stock kernels: 5.10 (Debian 11) and 6.1 (Debian
+# 12) with tc, 6.12 (Debian 12's newer kernel) with TCX.
 #
-# Two suites, each run on each kernel:
+# Two suites, each run on its kernels:
 #   wireguard  tests/wireguard.rs inside the kernel, on the host's own files
-#              (the datapath, port and uplink discovery with real WireGuard)
+#              (the datapath, port and uplink discovery with real WireGuard);
+#              on 5.10, 6.1 and 6.12
 #   system     the .deb on a fresh Debian 12 (scripts/vm-rootfs.sh) booted with
 #              its own systemd, udev and D-Bus: tunnels brought up by ifupdown,
 #              wg-quick, pdscp@.service, systemd-networkd and NetworkManager are
-#              marked with no pdscp command typed (tests/system/fresh-debian.sh)
+#              marked with no pdscp command typed (tests/system/fresh-debian.sh);
+#              on 6.1 and 6.12 (Debian 12's own kernels)
 #
 # Usage: sudo scripts/vm-tests.sh [TEST-BINARY-ARGS...]
 #   e.g. sudo scripts/vm-tests.sh l3_uplink        # only wireguard tests whose name matches
 #        sudo scripts/vm-tests.sh --nocapture      # show the tests' own output
 #   PDSCP_VM_SUITES="wireguard system"  suites to run (default both)
-#   PDSCP_VM_KERNELS="6.1 6.12"  kernels to run on (default both)
+#   PDSCP_VM_KERNELS="6.1 6.12"  kernels to run every suite on (default: each
+#                                suite's own, see above; 5.10, 6.1, 6.12)
 #   PDSCP_VM_THREADS=3           wireguard test threads inside the VM (default 3;
 #                                1 for readable output when debugging)
 #   PDSCP_VM_TIMEOUT=900         seconds per kernel and suite, boot included
@@ -47,7 +51,8 @@ cd "$(dirname "$0")/.."
 . scripts/lib/packages.sh
 
 SUITES=${PDSCP_VM_SUITES:-wireguard system}
-KERNELS=${PDSCP_VM_KERNELS:-6.1 6.12}
+# Each suite's kernels, unless PDSCP_VM_KERNELS names them for all.
+readonly WIREGUARD_KERNELS="5.10 6.1 6.12" SYSTEM_KERNELS="6.1 6.12"
 THREADS=${PDSCP_VM_THREADS:-3}
 TIMEOUT=${PDSCP_VM_TIMEOUT:-900}
 
@@ -138,7 +143,7 @@ summarize() {
 }
 
 main() {
-    local suite kernel out start status failed=0 exe='' deb='' tree=''
+    local suite kernels kernel out start status failed=0 exe='' deb='' tree=''
     local -a summary=()
     for suite in $SUITES; do
         case $suite in
@@ -152,7 +157,14 @@ main() {
     trap "rm -rf '$out'" EXIT
 
     for suite in $SUITES; do
-        for kernel in $KERNELS; do
+        kernels=${PDSCP_VM_KERNELS:-}
+        if [[ -z $kernels ]]; then
+            case $suite in
+                wireguard) kernels=$WIREGUARD_KERNELS ;;
+                system) kernels=$SYSTEM_KERNELS ;;
+            esac
+        fi
+        for kernel in $kernels; do
             log "==== $suite suite, kernel $kernel ===="
             start=$SECONDS
             status=0

@@ -2,22 +2,27 @@
 # vmtest.sh - run a host command inside one of Debian's stock kernels under QEMU.
 #
 # Usage:
-#   scripts/vmtest.sh [--kernel 6.1|6.12] [--cache DIR] [--mem MB] [--timeout SEC]
+#   scripts/vmtest.sh [--kernel 5.10|6.1|6.12] [--cache DIR] [--mem MB] [--timeout SEC]
 #                     [--root DIR [--systemd]] [--env NAME[=VALUE]]... [--verbose]
 #                     -- COMMAND [ARGS...]
 #   scripts/vmtest.sh --kernel 6.1 --fetch-only     # only download/unpack the kernel
 #
-# Why: the host kernel has no WireGuard, and pdscp must be tested on 6.1 (tc clsact,
-# no TCX) and 6.12 (TCX). Debian's own kernels give us both, with real modules.
+# Why: the host kernel has no WireGuard, and pdscp must be tested on 5.10 (Debian 11)
+# and 6.1 (Debian 12), both tc clsact without TCX, and 6.12 (TCX). Debian's own
+# kernels give us all three, with real modules.
 #
 # How:
-#   1. `apt-get download` the newest linux-image-<6.1|6.12>-amd64-unsigned package
-#      (6.1 from bookworm/-security; 6.12 from bookworm-security or, if absent there,
-#      bookworm-backports, which is added to the apt sources if needed), `dpkg -x` it
-#      into the cache dir (never the host's /boot or /lib/modules) and `depmod -b` it.
-#   2. Build a tiny per-run initramfs: static busybox, the handful of (decompressed)
-#      modules needed to reach the host filesystem (virtio, 9p, overlay), an /init
-#      script and the command to run.
+#   1. `apt-get download` the newest linux-image-<series>-amd64-unsigned package
+#      (5.10 from bullseye/bullseye-security, 6.1 from bookworm/bookworm-security,
+#      6.12 from bookworm-security/bookworm-backports) with a private apt setup in
+#      the cache dir, whose sources name the Debian archive the host's apt uses
+#      (the host's apt sources are not changed), `dpkg -x` it into the cache dir
+#      (never the host's /boot or /lib/modules) and `depmod -b` it, once, under a
+#      lock on the cache (scripts/lib/debian-kernel.sh).
+#   2. Build a tiny per-run initramfs: static busybox, the handful of modules
+#      needed to reach the host filesystem (virtio, 9p, overlay; 5.10 and 6.1 ship
+#      them as .ko, later kernels as .ko.xz, decompressed here), an /init script
+#      and the command to run.
 #   3. Boot the kernel with QEMU TCG (no usable KVM here). /init mounts the HOST root
 #      read-only over 9p, puts a tmpfs overlay on top (the guest may write anywhere;
 #      nothing reaches the host), binds the guest kernel's module tree over
@@ -46,12 +51,14 @@ set -euo pipefail
 readonly SELF=${0##*/}
 # shellcheck source=scripts/lib/packages.sh
 . "$(dirname "$0")/lib/packages.sh"
+# shellcheck source=scripts/lib/debian-kernel.sh
+. "$(dirname "$0")/lib/debian-kernel.sh"
 readonly STD_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 # Modules /init must load before it can see the host root; the rest are loaded
 # on demand inside the guest by the host's own modprobe.
 readonly BOOT_MODULES=(virtio_pci 9pnet_virtio 9p overlay virtio_rng)
 readonly HOST_PACKAGES=(qemu-system-x86 busybox-static kmod xz-utils zstd cpio
-                        wireguard-tools iproute2 iputils-ping)
+                        debian-archive-keyring wireguard-tools iproute2 iputils-ping)
 readonly EXIT_TIMEOUT=124 EXIT_VM_FAILED=125
 
 KERNEL_SERIES=6.12
@@ -67,9 +74,7 @@ COMMAND=()
 INTERRUPTED=0
 VM_STATUS=0
 
-# Filled in by prepare_kernel.
-KVER=""
-KROOT=""
+# KVER and KROOT: filled in by debian_kernel_prepare (scripts/lib/debian-kernel.sh).
 
 log() { printf '%s: %s\n' "$SELF" "$*" >&2; }
 die() { log "error: $*"; exit "$EXIT_VM_FAILED"; }
@@ -88,7 +93,7 @@ usage_error() {
 parse_args() {
     while (($#)); do
         case $1 in
-            --kernel) KERNEL_SERIES=${2:?--kernel needs 6.1 or 6.12}; shift 2 ;;
+            --kernel) KERNEL_SERIES=${2:?--kernel needs 5.10, 6.1 or 6.12}; shift 2 ;;
             --cache) CACHE_DIR=${2:?--cache needs a directory}; shift 2 ;;
             --mem) MEM_MB=${2:?--mem needs MB}; shift 2 ;;
             --timeout) TIMEOUT_SEC=${2:?--timeout needs seconds}; shift 2 ;;
@@ -102,13 +107,14 @@ parse_args() {
             *) usage_error "unknown argument: $1" ;;
         esac
     done
-    case $KERNEL_SERIES in 6.1|6.12) ;; *) usage_error "--kernel must be 6.1 or 6.12" ;; esac
+    case $KERNEL_SERIES in 5.10|6.1|6.12) ;; *) usage_error "--kernel must be 5.10, 6.1 or 6.12" ;; esac
     [[ $MEM_MB =~ ^[0-9]+$ ]] || usage_error "--mem must be a number of MB"
     [[ $TIMEOUT_SEC =~ ^[1-9][0-9]*$ ]] || usage_error "--timeout must be a number of seconds"
     ((FETCH_ONLY || ${#COMMAND[@]})) || usage_error "no COMMAND given"
     ((EUID == 0)) || die "must run as root"
     # The guest finds the module tree through the host path: it must be absolute.
     CACHE_DIR=$(realpath -m -- "$CACHE_DIR")
+    DK_CACHE=$CACHE_DIR
     if [[ -n $GUEST_ROOT ]]; then
         GUEST_ROOT=$(realpath -e -- "$GUEST_ROOT") || usage_error "--root: no such directory"
         [[ $GUEST_ROOT != / ]] || GUEST_ROOT=""
@@ -125,106 +131,10 @@ ensure_host_packages() {
     install_missing_packages "${HOST_PACKAGES[@]}" || die "could not install: ${HOST_PACKAGES[*]}"
 }
 
-# Regex for the plain amd64 flavour (not -cloud-, not -rt-) of the chosen series.
-package_regex() {
-    case $KERNEL_SERIES in
-        6.1) echo '^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$' ;;
-        6.12) echo '^linux-image-6\.12\.[0-9]+[^-]*-amd64-unsigned$' ;;
-    esac
-}
-
-# Print the newest installable package name of the series, or nothing.
-newest_kernel_package() {
-    # One apt-cache call with a regex (apt matches names against it). Old ABIs may be
-    # listed without a candidate version; skip those.
-    apt-cache policy "$(package_regex)" 2>/dev/null | awk '
-        /^[^ ].*:$/ { pkg = substr($0, 1, length($0) - 1) }
-        /^  Candidate:/ && $2 != "(none)" { print pkg }' | sort -V | tail -n1
-}
-
-apt_sources_have_suite() {
-    grep -rqsE "(^|[[:space:]])$1([[:space:]]|$)" /etc/apt/sources.list /etc/apt/sources.list.d/
-}
-
-# 6.12 for bookworm lives in bookworm-security nowadays, earlier in bookworm-backports.
-add_backports_source() {
-    apt_sources_have_suite bookworm-backports && return 0
-    log "adding bookworm-backports to the apt sources"
-    cat >/etc/apt/sources.list.d/pdscp-vmtest-bookworm-backports.sources <<'EOF'
-Types: deb
-URIs: http://deb.debian.org/debian
-Suites: bookworm-backports
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-EOF
-}
-
-# Newest cached kernel of the series, used only when apt can tell us nothing.
-newest_cached_kver() {
-    local d
-    for d in "$CACHE_DIR"/kernels/*/.complete; do
-        [[ -e $d ]] || continue
-        d=${d%/.complete}; d=${d##*/}
-        [[ linux-image-$d-unsigned =~ $(package_regex) ]] && echo "$d"
-    done | sort -V | tail -n1
-}
-
-resolve_kernel_package() {
-    local pkg
-    pkg=$(newest_kernel_package)
-    if [[ -z $pkg ]]; then
-        log "no $KERNEL_SERIES kernel in the apt lists; running apt-get update"
-        apt_get update >&2 || log "apt-get update failed"
-        pkg=$(newest_kernel_package)
-    fi
-    if [[ -z $pkg && $KERNEL_SERIES == 6.12 ]] && ! apt_sources_have_suite bookworm-backports; then
-        add_backports_source
-        apt_get update >&2 || log "apt-get update failed"
-        pkg=$(newest_kernel_package)
-    fi
-    echo "$pkg"
-}
-
-# Download and unpack the kernel package into the cache (once), then depmod it.
-# Sets KVER and KROOT.
+# The newest kernel of the series in the cache (fetched if needed); sets KVER, KROOT.
 prepare_kernel() {
-    local pkg kdir tmp deb lock_fd
-    pkg=$(resolve_kernel_package)
-    if [[ -z $pkg ]]; then
-        KVER=$(newest_cached_kver)
-        [[ -n $KVER ]] || die "cannot find a linux-image package for $KERNEL_SERIES"
-        log "apt found no $KERNEL_SERIES kernel; using cached $KVER"
-    else
-        KVER=${pkg#linux-image-}; KVER=${KVER%-unsigned}
-    fi
-    kdir=$CACHE_DIR/kernels/$KVER
-    KROOT=$kdir/root
-    [[ -e $kdir/.complete ]] && return 0
-
-    mkdir -p "$CACHE_DIR/kernels"
-    # Serialise concurrent runs that unpack the same kernel.
-    exec {lock_fd}>"$CACHE_DIR/.lock"
-    flock "$lock_fd"
-    if [[ ! -e $kdir/.complete ]]; then
-        log "fetching $pkg"
-        tmp=$(mktemp -d "$CACHE_DIR/kernels/.fetch.XXXXXX")
-        # A stale apt list may name a version the mirror dropped: update and retry.
-        (cd "$tmp" && apt_get download "$pkg" >&2) ||
-            { apt_get update >&2 && (cd "$tmp" && apt_get download "$pkg" >&2); } ||
-            { rm -rf "$tmp"; die "apt-get download $pkg failed"; }
-        deb=$(echo "$tmp"/*.deb)
-        mkdir "$tmp/root"
-        dpkg -x "$deb" "$tmp/root"
-        rm -f "$deb"  # the unpacked tree is the cache; the .deb is not needed again
-        [[ -f $tmp/root/boot/vmlinuz-$KVER && -d $tmp/root/lib/modules/$KVER ]] ||
-            { rm -rf "$tmp"; die "$pkg does not contain vmlinuz-$KVER and its modules"; }
-        depmod -b "$tmp/root" "$KVER"
-        touch "$tmp/.complete"
-        rm -rf "$kdir"
-        mv "$tmp" "$kdir"
-    fi
-    flock -u "$lock_fd"
-    exec {lock_fd}>&-
+    debian_kernel_prepare amd64 "$KERNEL_SERIES" ||
+        die "cannot prepare a Debian $KERNEL_SERIES kernel"
 }
 
 # Stage 1, the initramfs's /init (busybox sh): load the boot modules, assemble the
@@ -395,26 +305,13 @@ RUN
 # Static busybox + boot modules (decompressed: busybox insmod can't read .ko.xz)
 # + /init + per-run config, as an uncompressed newc cpio (fastest for the kernel).
 build_initramfs() {
-    local out=$1 stage=$2 line ko name
+    local out=$1 stage=$2
     mkdir -p "$stage"/{bin,dev,proc,sys,mnt,modules,vmtest}
     cp /bin/busybox "$stage/bin/busybox"
     mknod -m 600 "$stage/dev/console" c 5 1
-    : >"$stage/vmtest/modules"
-    # modprobe --show-depends prints "insmod PATH" in load order ("builtin X" if built in).
-    while read -r line; do
-        [[ $line == insmod\ * ]] || continue
-        ko=${line#insmod }; ko=${ko%% *}
-        name=${ko##*/}; name=${name%.xz}; name=${name%.zst}
-        [[ -e $stage/modules/$name ]] && continue
-        case $ko in
-            *.xz) xz -dc "$ko" >"$stage/modules/$name" ;;
-            *.zst) zstd -qdc "$ko" >"$stage/modules/$name" ;;
-            *) cp "$ko" "$stage/modules/$name" ;;
-        esac
-        echo "$name" >>"$stage/vmtest/modules"
-    done < <(for m in "${BOOT_MODULES[@]}"; do
-                 modprobe --show-depends -d "$KROOT" -S "$KVER" "$m"
-             done)
+    # In load order, dependencies first.
+    debian_kernel_modules "$stage/modules" "${BOOT_MODULES[@]}" >"$stage/vmtest/modules" ||
+        die "the boot modules of $KVER"
     write_guest_init "$stage/init"
     write_guest_stage2 "$stage/vmtest/stage2"
     printf 'KVER=%q\nMODDIR=%q\nROOTDIR=%q\nCWD=%q\nBOOT_SYSTEMD=%q\n' "$KVER" \

@@ -5,8 +5,14 @@
 # (/etc/config/pdscp) with config_load & co. from /lib/functions.sh, which
 # hotplug-call and rc.common have sourced already. See docs/hooks.md.
 #
+# pdscp_log and pdscp_run come from the Debian-side hooks' library,
+# pdscp-hook-lib.sh (POSIX sh), which the OpenWrt package installs too, as
+# /usr/lib/pdscp/pdscp-hook-lib.sh. Sourcing this file returns 1 (and logs
+# why) if that library is missing.
+#
 # Settings, for tests and unusual installs:
 #   PDSCP               the pdscp binary (default /usr/sbin/pdscp)
+#   PDSCP_HOOK_LIB      pdscp-hook-lib.sh (default /usr/lib/pdscp/pdscp-hook-lib.sh)
 #   PDSCP_FUNCTIONS_SH  /lib/functions.sh, if not sourced yet
 #   PDSCP_NETWORK_SH    /lib/functions/network.sh (logical interface -> device)
 #   PDSCP_TIMEOUT       seconds one pdscp command may take (default 30)
@@ -14,44 +20,28 @@
 #   PDSCP_PIN_ROOT      read by pdscp itself
 
 : "${PDSCP:=/usr/sbin/pdscp}"
-: "${PDSCP_TIMEOUT:=30}"
 : "${PDSCP_NETWORK_SH:=/lib/functions/network.sh}"
+: "${PDSCP_HOOK_LIB:=/usr/lib/pdscp/pdscp-hook-lib.sh}"
+if [ ! -r "$PDSCP_HOOK_LIB" ]; then
+    logger -t pdscp -p daemon.err "$PDSCP_HOOK_LIB is missing" 2>/dev/null ||
+        echo "pdscp: $PDSCP_HOOK_LIB is missing" >&2
+    return 1
+fi
+# pdscp_log LEVEL MESSAGE...: to syslog (logread -e pdscp), warnings and
+# errors also to stderr. pdscp_run LEVEL ARGS...: runs `pdscp ARGS` (bounded
+# by PDSCP_TIMEOUT) and logs what it said, at LEVEL if it succeeded, else as
+# an error (a warning with LEVEL debug). The library's other functions are
+# for the tunnels file and are not used here.
+# shellcheck source=hooks/pdscp-hook-lib.sh
+. "$PDSCP_HOOK_LIB"
 if ! type config_load >/dev/null 2>&1; then
     # shellcheck source=/dev/null
     . "${PDSCP_FUNCTIONS_SH:-/lib/functions.sh}"
 fi
 
-# pdscp_log LEVEL MESSAGE: to syslog (logread -e pdscp).
-pdscp_log() {
-    logger -t pdscp -p "daemon.$1" "$2" 2>/dev/null || echo "pdscp: $2" >&2
-}
-
-# pdscp_run LEVEL ARGS...: runs `pdscp ARGS` and logs what it said, at LEVEL
-# if it succeeded, else as an error (a warning with LEVEL debug).
-pdscp_run() {
-    local level=$1 out rc
-    shift
-    if type timeout >/dev/null 2>&1; then
-        out=$(timeout "$PDSCP_TIMEOUT" "$PDSCP" "$@" 2>&1)
-    else
-        out=$("$PDSCP" "$@" 2>&1)
-    fi
-    rc=$?
-    # One syslog line: clap's usage errors come with several.
-    out=$(printf '%s' "$out" | tr -s '\n' ' ')
-    out=${out#pdscp: }
-    if [ "$rc" -eq 0 ]; then
-        pdscp_log "$level" "${out:-pdscp $*: done}"
-    else
-        [ "$rc" -eq 124 ] && out="timed out after ${PDSCP_TIMEOUT}s"
-        if [ "$level" = debug ]; then level=warning; else level=err; fi
-        pdscp_log "$level" "pdscp $* failed: ${out:-exit status $rc}"
-    fi
-    return "$rc"
-}
-
-# pdscp_exists DEV: DEV exists in this network namespace (/proc/net/dev is
-# per namespace; busybox may have no `ip`).
+# pdscp_exists DEV: DEV exists in this network namespace. Replaces the
+# library's, which asks `ip`: /proc/net/dev is per namespace, and busybox
+# may have no `ip`.
 pdscp_exists() {
     local name rest
     while IFS=: read -r name rest; do
@@ -79,10 +69,11 @@ pdscp_section() {
     config_get PDSCP_MODE "$1" mode
 }
 
-# pdscp_attach [LEVEL [UPLINK_DEVICE]]: attaches the section read last. The
-# uplink is UPLINK_DEVICE if given, else option uplink: a logical interface
-# (its l3 device, e.g. wan -> pppoe-wan) or a device name; none: pdscp finds it.
-pdscp_attach() {
+# pdscp_attach_section [LEVEL [UPLINK_DEVICE]]: attaches the section read
+# last (the library's pdscp_attach is for tunnels-file lines). The uplink is
+# UPLINK_DEVICE if given, else option uplink: a logical interface (its l3
+# device, e.g. wan -> pppoe-wan) or a device name; none: pdscp finds it.
+pdscp_attach_section() {
     local level=${1:-info} uplink=${2:-}
     if [ -z "$uplink" ] && [ -n "$PDSCP_UPLINK" ]; then
         uplink=$PDSCP_UPLINK
@@ -136,7 +127,7 @@ pdscp_hotplug_tunnel() {
     PDSCP_EV_MATCHED=1
     [ "$PDSCP_ENABLED" = 1 ] || return 0
     if [ "$PDSCP_EV_ACTION" = ifup ]; then
-        pdscp_attach info
+        pdscp_attach_section info
     else
         pdscp_run info detach "$PDSCP_DEVICE"
     fi
@@ -146,10 +137,10 @@ pdscp_hotplug_uplink() {
     pdscp_section "$1"
     [ "$PDSCP_ENABLED" = 1 ] || return 0
     case $PDSCP_UPLINK in
-        '') pdscp_exists "$PDSCP_DEVICE" && pdscp_attach debug ;;
+        '') pdscp_exists "$PDSCP_DEVICE" && pdscp_attach_section debug ;;
         "$PDSCP_EV_IFACE" | "$PDSCP_EV_DEVICE")
             [ -n "$PDSCP_EV_DEVICE" ] || return 0
-            pdscp_exists "$PDSCP_DEVICE" && pdscp_attach debug "$PDSCP_EV_DEVICE"
+            pdscp_exists "$PDSCP_DEVICE" && pdscp_attach_section debug "$PDSCP_EV_DEVICE"
             ;;
     esac
     return 0
@@ -169,7 +160,7 @@ pdscp_start() {
 pdscp_start_tunnel() {
     pdscp_section "$1"
     if [ "$PDSCP_ENABLED" = 1 ]; then
-        pdscp_exists "$PDSCP_DEVICE" && pdscp_attach info
+        pdscp_exists "$PDSCP_DEVICE" && pdscp_attach_section info
     elif [ "${PDSCP_RELOADING:-}" = 1 ]; then
         pdscp_run info detach "$PDSCP_DEVICE"
     fi

@@ -75,14 +75,23 @@ fn main() {
         }
         builder
             .source(source)
+            .obj(out_dir.join(skeleton.replace(".skel.rs", ".bpf.o")))
             .clang_args(clang_args.clone())
             .build_and_generate(out_dir.join(skeleton))
-            .unwrap_or_else(|e| panic!("building {source} (needs clang and libbpf headers): {e}"));
+            .unwrap_or_else(|e| panic!("building {source} (needs clang and libbpf headers): {e:#}"));
         println!("cargo:rerun-if-changed={source}");
     }
     println!("cargo:rerun-if-changed=bpf/pdscp.h");
+    println!("cargo:rerun-if-changed=bpf/packet.h");
     let header = fs::read_to_string("bpf/pdscp.h").expect("reading bpf/pdscp.h");
-    fs::write(out_dir.join("pdscp_abi.rs"), abi_constants(&header)).expect("writing pdscp_abi.rs");
+    let object = fs::read(out_dir.join("pdscp.bpf.o")).expect("reading pdscp.bpf.o");
+    let abi = format!(
+        "{}/// FNV-1a of the BPF object: the stamp tells programs of another build apart.\n\
+         pub const OBJECT_HASH: u64 = {:#x};\n",
+        abi_constants(&header),
+        fnv1a(&object)
+    );
+    fs::write(out_dir.join("pdscp_abi.rs"), abi).expect("writing pdscp_abi.rs");
 }
 
 /// `pub const NAME: u32 = VALUE;` for every `#define PDSCP_NAME VALUE` and
@@ -113,6 +122,12 @@ fn abi_constants(header: &str) -> String {
         out.push_str(&format!("pub const {name}: u32 = {value};\n"));
     }
     out
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 /// The build host's Debian multiarch tuple (x86_64-linux-gnu), if any.

@@ -35,7 +35,6 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapMut, OpenObject, ProgramInput, ProgramMut};
-use pdscp::maps::stat;
 use pdscp::skel::{types, PdscpSkel, PdscpSkelBuilder};
 
 mod floor_skel {
@@ -43,6 +42,17 @@ mod floor_skel {
     include!(concat!(env!("OUT_DIR"), "/bench_floor.skel.rs"));
 }
 use floor_skel::{BenchFloorSkel, BenchFloorSkelBuilder};
+
+/// The bench's view of pdscp's counters (tunnel slot 0, its link row 1 on
+/// uplink slot 0, and that uplink), flattened in this order.
+mod stat {
+    pub const WRITER_MARKED: usize = 0;
+    pub const READER_SEEN: usize = 64;
+    pub const WRITER_MISS: usize = 128;
+    pub const WRITER_NOT_TUNNEL: usize = 129;
+    pub const READER_INSERT: usize = 130;
+    pub const READER_UPDATE: usize = 131;
+}
 
 /// The test run's device: `lo`.
 const IFINDEX: u32 = 1;
@@ -323,13 +333,28 @@ struct Bench<'o> {
 
 impl Bench<'_> {
     fn fill_maps(&self) -> Result<()> {
-        // The writer's port bitmap: only PORT belongs to a tunnel.
-        let mut bitmap = vec![0u8; std::mem::size_of::<types::port_bitmap>()];
-        bitmap[usize::from(PORT >> 3)] |= 1 << (PORT & 7);
-        self.pdscp
-            .maps
-            .ports
-            .update(&0u32.to_ne_bytes(), &bitmap, MapFlags::ANY)?;
+        // As pdscp records a tunnel in slot 0 attached to uplink slot 0 with
+        // link_stats row 1, whose outer port PORT is the only tunnel port.
+        let mut block = types::port_block::default();
+        block.tunnel[usize::from(PORT & 0xff)] = 1;
+        let maps = &self.pdscp.maps;
+        maps.ports.update(
+            &u32::from(PORT >> 8).to_ne_bytes(),
+            as_bytes(&block),
+            MapFlags::ANY,
+        )?;
+        let mut tunnel = types::tunnel_rec {
+            flags: 1, // TUNNEL_IN_USE
+            l2: 1,
+            ifindex: IFINDEX,
+            port: PORT.to_be(),
+            reader_mode: 2,
+            ..Default::default()
+        };
+        tunnel.links[0] = 1;
+        tunnel.dscp_map = std::array::from_fn(|d| d as u8);
+        maps.tunnels
+            .update(&0u32.to_ne_bytes(), as_bytes(&tunnel), MapFlags::ANY)?;
         let (key, value) = (IFINDEX.to_ne_bytes(), 1u32.to_ne_bytes());
         let maps = &self.floor.maps;
         maps.hash_map.update(&key, &value, MapFlags::ANY)?;
@@ -347,24 +372,28 @@ impl Bench<'_> {
             next_hash,
         } = self;
         let repeat = *repeat;
-        // As pdscp records a device: the programs read dev_slots.
+        // As pdscp records a device that is the tunnel (slot 0) and the
+        // uplink (slot 0) at once: the programs read `devices`.
         let slot = types::dev_slot {
-            role: match case.prog {
-                Prog::Writer => 1, // ROLE_UPLINK
-                _ => 2,            // ROLE_TUNNEL
+            roles: match case.prog {
+                Prog::Writer => 2, // DEV_UPLINK
+                _ => 1,            // DEV_TUNNEL
             },
             l2: 1,
+            tunnel_flags: 1,
             port: PORT.to_be(),
             ..Default::default()
         };
         skel.maps
-            .dev_slots
+            .devices
             .update(&IFINDEX.to_ne_bytes(), as_bytes(&slot), MapFlags::ANY)?;
         skel.maps
             .flows
-            .update(&flow_key(HASH_HIT), &[DSCP_EF], MapFlags::ANY)?;
+            .update(&flow_key(HASH_HIT), &flow_mark(DSCP_EF), MapFlags::ANY)?;
         if case.zero_entry {
-            skel.maps.flows.update(&flow_key(0), &[DSCP_EF], MapFlags::ANY)?;
+            skel.maps
+                .flows
+                .update(&flow_key(0), &flow_mark(DSCP_EF), MapFlags::ANY)?;
         } else {
             match skel.maps.flows.delete(&flow_key(0)) {
                 Err(e) if e.kind() != libbpf_rs::ErrorKind::NotFound => return Err(e.into()),
@@ -397,7 +426,7 @@ impl Bench<'_> {
             let (mut kernel, mut wall) = (0.0, 0.0);
             drain(flows)?;
             test_run(run_prog, &case.packet, INSERT_BATCH, None)?;
-            let before = counters(&skel.maps.stats)?;
+            let before = counters(skel)?;
             while left > 0 {
                 let n = left.min(INSERT_BATCH);
                 // Also proof that the last batch's inserts evicted nothing.
@@ -411,7 +440,7 @@ impl Bench<'_> {
                 wall += t.wall * f64::from(n);
                 left -= n;
             }
-            let after = counters(&skel.maps.stats)?;
+            let after = counters(skel)?;
             let t = Timing {
                 kernel: kernel / f64::from(repeat),
                 wall: wall / f64::from(repeat),
@@ -419,9 +448,9 @@ impl Bench<'_> {
             (t, before, after)
         } else {
             test_run(run_prog, &case.packet, WARMUP, None)?;
-            let before = counters(&skel.maps.stats)?;
+            let before = counters(skel)?;
             let t = test_run(run_prog, &case.packet, repeat, Some(&mut out))?;
-            (t, before, counters(&skel.maps.stats)?)
+            (t, before, counters(skel)?)
         };
 
         let moved = |i: usize| after[i] - before[i];
@@ -521,17 +550,28 @@ fn test_run(prog: &ProgramMut, packet: &[u8], repeat: u32, out: Option<&mut [u8]
 }
 
 /// The stats counters, summed over CPUs.
-fn counters(stats: &MapMut<'_>) -> Result<Vec<u64>> {
-    (0..stat::MAX as u32)
-        .map(|i| {
-            let per_cpu = stats.lookup_percpu(&i.to_ne_bytes(), MapFlags::ANY)?;
-            Ok(per_cpu
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|v| Some(u64::from_ne_bytes(v.get(..8)?.try_into().ok()?)))
-                .sum())
-        })
-        .collect()
+/// The counters of tunnel slot 0, link row 1 and uplink slot 0, summed over
+/// CPUs, flattened as `stat` says.
+fn counters(skel: &PdscpSkel<'_>) -> Result<Vec<u64>> {
+    let row = |map: &MapMut<'_>, key: u32| -> Result<Vec<u64>> {
+        let per_cpu = map
+            .lookup_percpu(&key.to_ne_bytes(), MapFlags::ANY)?
+            .unwrap_or_default();
+        Ok(pdscp::maps::sum_rows(&per_cpu))
+    };
+    let (tunnel, link, uplink) = (
+        row(&skel.maps.tunnel_stats, 0)?,
+        row(&skel.maps.link_stats, 1)?,
+        row(&skel.maps.uplink_stats, 0)?,
+    );
+    let mut flat = Vec::with_capacity(132);
+    flat.extend(&link[pdscp::maps::stats::MARKED..pdscp::maps::stats::MARKED + 64]);
+    flat.extend(&tunnel[pdscp::maps::stats::SEEN..pdscp::maps::stats::SEEN + 64]);
+    flat.push(link[pdscp::maps::stats::MISSED]);
+    flat.push(uplink[pdscp::maps::stats::NOT_TUNNEL]);
+    flat.push(tunnel[pdscp::maps::stats::INSERTS]);
+    flat.push(tunnel[pdscp::maps::stats::UPDATES]);
+    Ok(flat)
 }
 
 /// Deletes every entry of `map`; returns how many there were.
@@ -548,6 +588,10 @@ fn drain(map: &MapMut<'_>) -> Result<u64> {
         }
         total += n;
     }
+}
+
+fn flow_mark(dscp: u8) -> Vec<u8> {
+    pdscp::maps::encode_flow_mark(dscp, 0)
 }
 
 fn flow_key(hash: u32) -> Vec<u8> {

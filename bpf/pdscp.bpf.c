@@ -1,329 +1,413 @@
 // SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause
 /*
- * pdscp kernel side: two TC programs sharing one set of maps per uplink.
+ * pdscp kernel side: three TC programs sharing one set of maps per pin root
+ * (docs/state.md).
  *
- *   reader  (egress of each tunnel device): inner IP DSCP -> flows[{hash, port}]
- *   writer  (egress of the uplink):         flows[{skb->hash, udp sport}] -> outer DSCP
+ *   reader   (egress of each tunnel):  inner DSCP -> flows[{hash, port}]
+ *   writer   (egress of each uplink):  flows[{skb->hash, udp sport}] -> outer DSCP
+ *   ingress  (ingress of a tunnel, only with reflection)
  *
  * Tunnels such as WireGuard keep skb->hash across encapsulation, so the
- * writer finds the mark the reader stored for the same packet. Both programs
- * always return TC_ACT_UNSPEC (== TCX_NEXT) so every other filter or TCX
- * program on the same hook still runs.
+ * writer finds the mark the reader stored for the same packet, on whichever
+ * attached uplink it leaves by. Every program returns TC_ACT_UNSPEC
+ * (== TCX_NEXT) so every other filter or TCX program on the hook still runs.
  */
-#include <linux/bpf.h>
-#include <linux/if_ether.h>
-#include <linux/in.h>
-#include <linux/ip.h>
-#include <linux/ipv6.h>
 #include <linux/pkt_cls.h>
-#include <linux/udp.h>
-#include <bpf/bpf_endian.h>
-#include <bpf/bpf_helpers.h>
 
+#include "packet.h"
 #include "pdscp.h"
 
-#define IP_OFFSET 0x1fff
-#define MAX_VLAN_TAGS 2
-/* Furthest an IP header may start: Ethernet plus MAX_VLAN_TAGS tags, with
- * room to spare. A constant bound the verifier can see. */
-#define MAX_IP_OFFSET 64
-/* DSCP is six bits; masking a value read from a map keeps counter indexes
- * provably in range. */
-#define DSCP_MASK 63
-
-/* Sizes are defaults; user space sets max_entries before the first load. */
+/* Sizes of flows and reflect are defaults; user space sets them before the
+ * first load. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
 	__type(key, struct flow_key);
-	__type(value, __u8);
+	__type(value, struct flow_mark);
 } flows SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
-	__type(key, __u32);
-	__type(value, struct iface_cfg);
-} ifaces SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct reflect_key);
+	__type(value, struct reflect_mark);
+} reflect SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PDSCP_MAX_TUNNELS);
+	__type(key, __u32);
+	__type(value, struct tunnel_rec);
+} tunnels SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PDSCP_MAX_UPLINKS);
+	__type(key, __u32);
+	__type(value, struct uplink_rec);
+} uplinks SEC(".maps");
+
+/* A hash lookup costs as much as the rest of a program: devices are found
+ * in an array by ifindex, and only larger ifindexes in devices_hi. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, PDSCP_DEV_SLOTS);
 	__type(key, __u32);
 	__type(value, struct dev_slot);
-} dev_slots SEC(".maps");
+} devices SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PDSCP_DEV_SLOTS);
+	__type(key, __u32);
+	__type(value, struct dev_slot);
+} devices_hi SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PDSCP_PORT_BLOCKS);
+	__type(key, __u32);
+	__type(value, struct port_block);
+} ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, PDSCP_MAX_TUNNELS);
+	__type(key, __u32);
+	__type(value, struct tunnel_stats);
+} tunnel_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, PDSCP_MAX_LINKS);
+	__type(key, __u32);
+	__type(value, struct link_stats);
+} link_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, PDSCP_MAX_UPLINKS);
+	__type(key, __u32);
+	__type(value, struct uplink_stats);
+} uplink_stats SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct port_bitmap);
-} ports SEC(".maps");
+	__type(value, struct stamp);
+} stamp SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, STAT_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} stats SEC(".maps");
-
-struct vlan_hdr {
-	__be16 tci;
-	__be16 encapsulated_proto;
-};
-
-/* The IP header of a packet: exactly one of v4 and v6 is set. */
-struct ip_header {
-	struct iphdr *v4;
-	struct ipv6hdr *v6;
-};
-
-/* This device's settings as the programs need them, or NULL if pdscp did not attach it. */
-static __always_inline struct dev_slot *dev_config(struct __sk_buff *skb, struct dev_slot *spill)
+/* This device's settings, or NULL if pdscp did not attach it. */
+static __always_inline struct dev_slot *dev_config(struct __sk_buff *skb)
 {
 	__u32 ifindex = skb->ifindex;
-	struct iface_cfg *cfg;
 	struct dev_slot *slot;
 
-	if (ifindex < PDSCP_DEV_SLOTS) {
-		slot = bpf_map_lookup_elem(&dev_slots, &ifindex);
-		return slot && slot->role ? slot : NULL;
-	}
-	cfg = bpf_map_lookup_elem(&ifaces, &ifindex);
-	if (!cfg)
-		return NULL;
-	spill->role = cfg->role;
-	spill->l2 = cfg->l2;
-	spill->any_port = cfg->any_port;
-	spill->port = cfg->port;
-	return spill;
+	if (ifindex < PDSCP_DEV_SLOTS)
+		slot = bpf_map_lookup_elem(&devices, &ifindex);
+	else
+		slot = bpf_map_lookup_elem(&devices_hi, &ifindex);
+	return slot && slot->roles ? slot : NULL;
 }
 
-static __always_inline void count(__u32 index)
+/* Segments the packet becomes on the wire (a GSO packet counts as many). */
+static __always_inline __u32 segments(struct __sk_buff *skb)
 {
-	__u64 *counter = bpf_map_lookup_elem(&stats, &index);
-
-	if (counter)
-		*counter += 1;
+	return skb->gso_segs ? skb->gso_segs : 1;
 }
 
-/*
- * Finds the IPv4 or IPv6 header, checked to lie within the packet. Ethernet
- * devices (VXLAN, a LAN port) carry an Ethernet header with up to two
- * in-band 802.1Q/802.1ad tags; L3 devices (WireGuard, PPP, tun) start with
- * the IP header, and skb->protocol says which. Returns 0, or -1 if the
- * packet is not IP (or is cut short).
- */
-static __always_inline int parse_ip(struct __sk_buff *skb, int l2, struct ip_header *ip)
+/* The reflect key of the packet's flow, the same in both directions. */
+static __always_inline int reflect_key(struct __sk_buff *skb, const struct ip_header *ip, __u16 tunnel,
+				       struct reflect_key *key)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
-	__be16 proto = skb->protocol;
-	int off = 0;
+	struct flow_ends e = {};
 
-	if (l2) {
-		if ((void *)(eth + 1) > data_end)
-			return -1;
-		proto = eth->h_proto;
-		off = sizeof(*eth);
-#pragma unroll
-		for (int i = 0; i < MAX_VLAN_TAGS; i++) {
-			struct vlan_hdr *vlan = data + off;
-
-			if (proto != bpf_htons(ETH_P_8021Q) && proto != bpf_htons(ETH_P_8021AD))
-				break;
-			if ((void *)(vlan + 1) > data_end)
-				return -1;
-			proto = vlan->encapsulated_proto;
-			off += sizeof(*vlan);
-		}
-	}
-	if (off > MAX_IP_OFFSET)
+	if (flow_ends(skb, ip, &e) < 0)
 		return -1;
-	if (proto == bpf_htons(ETH_P_IP)) {
-		struct iphdr *iph = data + off;
-
-		if ((void *)(iph + 1) > data_end || iph->version != 4)
-			return -1;
-		ip->v4 = iph;
-		return 0;
+	key->tunnel = tunnel;
+	key->proto = e.proto;
+	key->v6 = e.v6;
+	if (source_is_lower(&e)) {
+		key->port_lo = e.sport;
+		key->port_hi = e.dport;
+		__builtin_memcpy(key->addr_lo, e.saddr, 16);
+		__builtin_memcpy(key->addr_hi, e.daddr, 16);
+	} else {
+		key->port_lo = e.dport;
+		key->port_hi = e.sport;
+		__builtin_memcpy(key->addr_lo, e.daddr, 16);
+		__builtin_memcpy(key->addr_hi, e.saddr, 16);
 	}
-	if (proto == bpf_htons(ETH_P_IPV6)) {
-		struct ipv6hdr *ip6h = data + off;
-
-		if ((void *)(ip6h + 1) > data_end || ip6h->version != 6)
-			return -1;
-		ip->v6 = ip6h;
-		return 0;
-	}
-	return -1;
+	return 0;
 }
 
-/* DSCP of the parsed header. IPv6: the traffic class is priority (high
- * nibble) : flow_lbl[0] high nibble; DSCP is its upper six bits. */
-static __always_inline __u8 read_dscp(const struct ip_header *ip)
+/* Remembers the mark this packet's flow carries in one direction (`out`:
+ * into the tunnel), if the tunnel allows reflecting it; a flow never marked
+ * gets no entry. */
+static __always_inline void reflect_learn(struct __sk_buff *skb, const struct ip_header *ip,
+					  const struct tunnel_rec *rec, __u16 tunnel, __u8 dscp, int out,
+					  struct tunnel_stats *stats)
 {
-	if (ip->v4)
-		return ip->v4->tos >> 2;
-	return ((ip->v6->priority << 4) | (ip->v6->flow_lbl[0] >> 4)) >> 2;
+	struct reflect_mark fresh = {}, *stored;
+	struct reflect_key key = {};
+	__u8 mark = (rec->reflect_allow >> (dscp & DSCP_MASK)) & 1 ? dscp : 0;
+
+	if (reflect_key(skb, ip, tunnel, &key) < 0)
+		return;
+	stored = bpf_map_lookup_elem(&reflect, &key);
+	if (stored) {
+		if (out && stored->out != mark)
+			stored->out = mark;
+		else if (!out && stored->in != mark)
+			stored->in = mark;
+		return;
+	}
+	if (!mark)
+		return;
+	if (out)
+		fresh.out = mark;
+	else
+		fresh.in = mark;
+	bpf_map_update_elem(&reflect, &key, &fresh, BPF_NOEXIST);
+	stats->learned++;
+}
+
+/* Gives the packet the mark its flow carries the other way (`out`: this
+ * packet goes into the tunnel, so the mark learned from arriving packets),
+ * unless it has a mark of its own and the tunnel lets that win. Returns the
+ * packet's DSCP afterwards. */
+static __always_inline __u8 reflect_apply(struct __sk_buff *skb, const struct ip_header *ip, __u8 flags,
+					  __u16 tunnel, __u8 dscp, int out, struct tunnel_stats *stats)
+{
+	struct reflect_key key = {};
+	struct reflect_mark *stored;
+	__u8 mark;
+
+	if (dscp && !(flags & TUNNEL_REFLECT_OVERRIDE))
+		return dscp;
+	if (reflect_key(skb, ip, tunnel, &key) < 0)
+		return dscp;
+	stored = bpf_map_lookup_elem(&reflect, &key);
+	if (!stored)
+		return dscp;
+	mark = (out ? stored->in : stored->out) & DSCP_MASK;
+	if (!mark || mark == dscp)
+		return dscp;
+	write_dscp(ip, mark);
+	if (out)
+		stats->reflected_out[mark] += segments(skb);
+	else
+		stats->reflected_in[mark] += segments(skb);
+	return mark;
 }
 
 SEC("tc")
 int pdscp_reader(struct __sk_buff *skb)
 {
-	struct dev_slot spill = {}, *cfg;
+	const struct tunnel_rec *rec = NULL;
 	struct ip_header ip = {};
 	struct flow_key key = {};
-	__u8 *stored;
-	__u8 dscp;
+	struct tunnel_stats *stats;
+	struct flow_mark *stored;
+	struct dev_slot *cfg;
+	__u32 tunnel, segs;
+	__u8 dscp, mark;
 
-	cfg = dev_config(skb, &spill);
-	if (!cfg || cfg->role != ROLE_TUNNEL)
+	cfg = dev_config(skb);
+	if (!cfg || !(cfg->roles & DEV_TUNNEL))
 		return TC_ACT_UNSPEC;
-
+	tunnel = cfg->tunnel;
+	stats = bpf_map_lookup_elem(&tunnel_stats, &tunnel);
+	if (!stats)
+		return TC_ACT_UNSPEC;
 	if (parse_ip(skb, cfg->l2, &ip) < 0) {
-		count(STAT_READER_NOT_IP);
+		stats->not_ip++;
 		return TC_ACT_UNSPEC;
 	}
 	dscp = read_dscp(&ip);
-	count(STAT_READER_SEEN + dscp);
+	if (cfg->tunnel_flags & (TUNNEL_MAPPED | TUNNEL_REFLECT_OUT | TUNNEL_REFLECT_IN)) {
+		rec = bpf_map_lookup_elem(&tunnels, &tunnel);
+		if (!rec)
+			return TC_ACT_UNSPEC;
+		if (cfg->tunnel_flags & TUNNEL_REFLECT_OUT)
+			dscp = reflect_apply(skb, &ip, cfg->tunnel_flags, tunnel, dscp, 1, stats);
+		if (cfg->tunnel_flags & TUNNEL_REFLECT_IN)
+			reflect_learn(skb, &ip, rec, tunnel, dscp, 1, stats);
+	}
+	dscp &= DSCP_MASK;
+	segs = segments(skb);
+	stats->seen[dscp] += segs;
+	stats->seen_bytes[dscp] += skb->len;
+	mark = dscp;
+	if (rec && (cfg->tunnel_flags & TUNNEL_MAPPED)) {
+		mark = rec->dscp_map[dscp] & DSCP_MASK;
+		if (mark != dscp)
+			stats->remapped += segs;
+	}
 
 	key.hash = bpf_get_hash_recalc(skb);
 	/* No hash (nothing to dissect): nothing the writer could match. */
-	if (!key.hash)
+	if (!key.hash) {
+		stats->no_hash++;
 		return TC_ACT_UNSPEC;
+	}
 	/* Marks the hash as an L4 hash: iptunnel_xmit() clears any other hash,
 	 * which would cost ICMP and other port-less flows their mark. */
 	bpf_set_hash(skb, key.hash);
-	key.port = cfg->any_port ? 0 : cfg->port;
+	key.port = cfg->port;
 
 	/* Look up first: the steady state writes nothing. */
 	stored = bpf_map_lookup_elem(&flows, &key);
 	if (stored) {
-		if (*stored != dscp) {
-			*stored = dscp;
-			count(STAT_READER_UPDATE);
+		if (stored->dscp != mark || stored->tunnel != tunnel) {
+			stored->dscp = mark;
+			stored->tunnel = tunnel;
+			stats->updates++;
 		}
 		return TC_ACT_UNSPEC;
 	}
 	/* An unmarked flow needs no entry: a miss leaves the outer DSCP at the
 	 * tunnel's 0. A flow whose mark drops to 0 keeps its entry, set to 0. */
-	if (dscp) {
-		bpf_map_update_elem(&flows, &key, &dscp, BPF_ANY);
-		count(STAT_READER_INSERT);
+	if (mark) {
+		struct flow_mark fresh = { .dscp = mark, .tunnel = tunnel };
+
+		bpf_map_update_elem(&flows, &key, &fresh, BPF_ANY);
+		stats->inserts++;
 	}
 	return TC_ACT_UNSPEC;
 }
 
-/* Rewrites the DSCP bits of the IPv4 header in place, keeping ECN, and
- * updates the header checksum incrementally (RFC 1624: HC' = ~(~HC + ~m + m')).
- * Direct writes are cheaper than the store/csum helpers; the kernel makes a
- * cloned skb's header private before the program runs. */
-static __always_inline void write_dscp_v4(struct iphdr *iph, __u8 dscp)
+/* The outer packet gets `mark`: as its DSCP, or, for --priority-only, as the
+ * CAKE tin that DSCP deserves (skb->priority), leaving the DSCP alone. */
+static __always_inline void give_mark(struct __sk_buff *skb, const struct ip_header *ip,
+				      const struct tunnel_rec *rec, __u32 uplink, __u8 mark,
+				      struct link_stats *stats)
 {
-	__u8 tos = (dscp << 2) | (iph->tos & 3);
-	__u16 old_word, new_word;
-	__u32 sum;
+	mark &= DSCP_MASK;
+	if (rec->flags & TUNNEL_PRIORITY) {
+		struct uplink_rec *up = bpf_map_lookup_elem(&uplinks, &uplink);
 
-	if (tos == iph->tos)
-		return;
-	/* The TOS byte is the low byte of the header's first 16-bit word. */
-	old_word = (iph->version << 12) | (iph->ihl << 8) | iph->tos;
-	new_word = (old_word & 0xff00) | tos;
-	sum = (__u16)~bpf_ntohs(iph->check) + (__u16)~old_word + new_word;
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	iph->tos = tos;
-	iph->check = bpf_htons((__u16)~sum);
-}
-
-/* Rewrites the DSCP bits of the IPv6 traffic class in place, keeping ECN
- * and the flow label (IPv6 has no header checksum). */
-static __always_inline void write_dscp_v6(struct ipv6hdr *ip6h, __u8 dscp)
-{
-	/* Traffic class = priority (4 bits) : flow_lbl[0] high nibble. */
-	__u8 priority = dscp >> 2;
-	__u8 flow0 = ((dscp & 3) << 6) | (ip6h->flow_lbl[0] & 0x3f);
-
-	if (ip6h->priority != priority)
-		ip6h->priority = priority;
-	if (ip6h->flow_lbl[0] != flow0)
-		ip6h->flow_lbl[0] = flow0;
-}
-
-/* The UDP header after the IP header, or NULL: tunnels send plain,
- * unfragmented UDP (IPv6: no extension headers to walk). */
-static __always_inline struct udphdr *udp_header(struct __sk_buff *skb, const struct ip_header *ip)
-{
-	void *data_end = (void *)(long)skb->data_end;
-	struct udphdr *udp;
-
-	if (ip->v4) {
-		if (ip->v4->protocol != IPPROTO_UDP || (ip->v4->frag_off & bpf_htons(IP_OFFSET)) ||
-		    ip->v4->ihl < 5)
-			return NULL;
-		udp = (void *)ip->v4 + ip->v4->ihl * 4;
+		if (up && up->priority_major && up->tin_of[mark])
+			skb->priority = up->priority_major | up->tin_of[mark];
 	} else {
-		if (ip->v6->nexthdr != IPPROTO_UDP)
-			return NULL;
-		udp = (void *)(ip->v6 + 1);
+		write_dscp(ip, mark);
 	}
-	if ((void *)(udp + 1) > data_end)
-		return NULL;
-	return udp;
+	stats->marked[mark] += segments(skb);
+	stats->marked_bytes += skb->len;
 }
 
 SEC("tc")
 int pdscp_writer(struct __sk_buff *skb)
 {
-	struct dev_slot spill = {}, *cfg;
+	void *data_end = (void *)(long)skb->data_end;
+	const struct tunnel_rec *rec;
+	struct uplink_stats *ustats;
+	struct link_stats *lstats;
+	struct port_block *block;
 	struct ip_header ip = {};
 	struct flow_key key = {};
-	struct port_bitmap *bitmap;
+	struct flow_mark *found;
+	struct dev_slot *cfg;
 	struct udphdr *udp;
-	__u32 zero = 0;
-	__u16 sport;
-	__u8 *dscp;
-	__u8 mark;
+	__u32 uplink, tunnel, row, zero = 0;
+	__u16 sport, slot;
 
-	cfg = dev_config(skb, &spill);
-	if (!cfg || cfg->role != ROLE_UPLINK)
+	cfg = dev_config(skb);
+	if (!cfg || !(cfg->roles & DEV_UPLINK))
 		return TC_ACT_UNSPEC;
-
+	uplink = cfg->uplink;
+	ustats = bpf_map_lookup_elem(&uplink_stats, &uplink);
+	if (!ustats)
+		return TC_ACT_UNSPEC;
 	if (parse_ip(skb, cfg->l2, &ip) < 0)
 		goto not_tunnel;
 	udp = udp_header(skb, &ip);
 	if (!udp)
 		goto not_tunnel;
 
-	bitmap = bpf_map_lookup_elem(&ports, &zero);
-	if (!bitmap)
-		goto not_tunnel;
 	sport = bpf_ntohs(udp->source);
-	if (bitmap->bits[sport >> 3] & (1 << (sport & 7)))
-		key.port = udp->source;
-	else if (bitmap->bits[0] & 1)
-		key.port = 0; /* an --any-port tunnel: the hash alone */
-	else
+	block = bpf_map_lookup_elem(&ports, &(__u32){ sport >> 8 });
+	if (!block)
 		goto not_tunnel;
-	/* Hash 0 never has an entry (the reader stores none), so it misses. */
+	slot = block->tunnel[sport & 0xff];
 	key.hash = skb->hash;
-	dscp = bpf_map_lookup_elem(&flows, &key);
-	if (!dscp) {
-		count(STAT_WRITER_MISS);
+	if (slot) {
+		tunnel = slot - 1;
+		key.port = udp->source;
+		found = NULL;
+	} else {
+		/* --any-port tunnels: the hash alone, the tunnel from the entry. */
+		block = bpf_map_lookup_elem(&ports, &zero);
+		if (!block || !block->tunnel[0])
+			goto not_tunnel;
+		found = bpf_map_lookup_elem(&flows, &key);
+		if (!found) {
+			ustats->missed_any++;
+			return TC_ACT_UNSPEC;
+		}
+		tunnel = found->tunnel;
+	}
+	rec = bpf_map_lookup_elem(&tunnels, &tunnel);
+	if (!rec)
+		goto not_tunnel;
+	row = rec->links[uplink & (PDSCP_MAX_UPLINKS - 1)];
+	if (!row) {
+		ustats->other_uplink++;
 		return TC_ACT_UNSPEC;
 	}
-	mark = *dscp & DSCP_MASK;
-	count(STAT_WRITER_MARKED + mark);
-	if (ip.v4)
-		write_dscp_v4(ip.v4, mark);
-	else
-		write_dscp_v6(ip.v6, mark);
+	lstats = bpf_map_lookup_elem(&link_stats, &row);
+	if (!lstats)
+		return TC_ACT_UNSPEC;
+	if ((rec->flags & TUNNEL_HANDSHAKE) && is_wireguard_handshake(udp, data_end)) {
+		give_mark(skb, &ip, rec, uplink, rec->handshake_dscp, lstats);
+		lstats->handshakes++;
+		return TC_ACT_UNSPEC;
+	}
+	if (rec->flags & TUNNEL_FIXED) {
+		give_mark(skb, &ip, rec, uplink, rec->fixed_dscp, lstats);
+		return TC_ACT_UNSPEC;
+	}
+	/* Hash 0 never has an entry (the reader stores none), so it misses. */
+	if (!found)
+		found = bpf_map_lookup_elem(&flows, &key);
+	if (!found) {
+		lstats->missed += segments(skb);
+		return TC_ACT_UNSPEC;
+	}
+	give_mark(skb, &ip, rec, uplink, found->dscp, lstats);
 	return TC_ACT_UNSPEC;
 
 not_tunnel:
-	count(STAT_WRITER_NOT_TUNNEL);
+	ustats->not_tunnel++;
+	return TC_ACT_UNSPEC;
+}
+
+SEC("tc")
+int pdscp_ingress(struct __sk_buff *skb)
+{
+	const struct tunnel_rec *rec;
+	struct tunnel_stats *stats;
+	struct ip_header ip = {};
+	struct dev_slot *cfg;
+	__u32 tunnel;
+	__u8 dscp;
+
+	cfg = dev_config(skb);
+	if (!cfg || !(cfg->roles & DEV_TUNNEL) ||
+	    !(cfg->tunnel_flags & (TUNNEL_REFLECT_OUT | TUNNEL_REFLECT_IN)))
+		return TC_ACT_UNSPEC;
+	tunnel = cfg->tunnel;
+	stats = bpf_map_lookup_elem(&tunnel_stats, &tunnel);
+	rec = bpf_map_lookup_elem(&tunnels, &tunnel);
+	if (!stats || !rec || parse_ip(skb, cfg->l2, &ip) < 0)
+		return TC_ACT_UNSPEC;
+	stats->arrived += segments(skb);
+	dscp = read_dscp(&ip);
+	if (cfg->tunnel_flags & TUNNEL_REFLECT_OUT)
+		reflect_learn(skb, &ip, rec, tunnel, dscp, 0, stats);
+	if (cfg->tunnel_flags & TUNNEL_REFLECT_IN)
+		reflect_apply(skb, &ip, cfg->tunnel_flags, tunnel, dscp, 0, stats);
 	return TC_ACT_UNSPEC;
 }
 

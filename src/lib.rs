@@ -8,7 +8,8 @@
 //! state      the pin root and its lock, pinned objects, registry src/state/
 //! kernel     hooks, bpf pins, devices, routes, WireGuard, netns src/kernel/
 //! ```
-//! Any layer may use the leaves: `model` (plain domain types), `maps` (the
+//! Any layer may use the leaves: `model` (plain domain types), `policy`
+//! (DSCP names, presets, CAKE tins), `maps` (the
 //! Rust side of bpf/pdscp.h), `testhooks` (crash points and the journal).
 //! Packets are parsed and marked in bpf/pdscp.bpf.c; docs/state.md writes
 //! down the state protocol (layout, lock, order of steps, crash steps).
@@ -18,6 +19,7 @@ pub mod commands;
 pub mod kernel;
 pub mod maps;
 pub mod model;
+pub mod policy;
 pub mod state;
 pub mod testhooks;
 

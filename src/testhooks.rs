@@ -10,9 +10,9 @@ use crate::model::Mode;
 pub enum Step {
     /// attach: the BPF object is loaded, nothing of it pinned yet.
     Loaded,
-    /// attach: the uplink's maps are pinned, its programs not yet.
+    /// attach: the shared maps are pinned, the programs and stamp not yet.
     MapsPinned,
-    /// attach: maps and programs are pinned, nothing attached yet.
+    /// attach: maps, programs and stamp are pinned, nothing attached yet.
     Pinned,
     /// attach (tcx): the writer's link exists but is not pinned.
     WriterLinkCreated,
@@ -34,12 +34,18 @@ pub enum Step {
     TunnelReleased,
     /// detach: the uplink's writer no longer runs, its pins remain.
     WriterDetached,
-    /// detach: some of the uplink's pins are removed.
+    /// detach: some of the shared pins are removed.
     Unpinning,
+    /// upgrade: the new programs (and for a new layout, its maps) are pinned.
+    UpgradeLoaded,
+    /// upgrade: every writer runs the new program, the readers the old one.
+    UpgradeWritersMoved,
+    /// upgrade: every hook runs the new programs; the old pins remain.
+    UpgradeReadersMoved,
 }
 
 /// Every crash step, in the order a command passes them.
-pub const CRASH_STEPS: [Step; 14] = [
+pub const CRASH_STEPS: [Step; 17] = [
     Step::Loaded,
     Step::MapsPinned,
     Step::Pinned,
@@ -54,6 +60,9 @@ pub const CRASH_STEPS: [Step; 14] = [
     Step::TunnelReleased,
     Step::WriterDetached,
     Step::Unpinning,
+    Step::UpgradeLoaded,
+    Step::UpgradeWritersMoved,
+    Step::UpgradeReadersMoved,
 ];
 
 impl Step {
@@ -74,6 +83,9 @@ impl Step {
             Step::TunnelReleased => "detach:tunnel-released",
             Step::WriterDetached => "detach:writer-detached",
             Step::Unpinning => "detach:unpinning",
+            Step::UpgradeLoaded => "upgrade:loaded",
+            Step::UpgradeWritersMoved => "upgrade:writers-moved",
+            Step::UpgradeReadersMoved => "upgrade:readers-moved",
         }
     }
 
@@ -113,9 +125,9 @@ mod tests {
     #[test]
     fn step_names_are_unique_and_name_their_command() {
         let mut names: Vec<&str> = CRASH_STEPS.iter().map(|s| s.name()).collect();
-        assert!(names
-            .iter()
-            .all(|n| n.starts_with("attach:") || n.starts_with("detach:")));
+        let commands = ["attach:", "detach:", "upgrade:"];
+        assert!(names.iter().all(|n| commands.iter().any(|c| n.starts_with(c))));
+
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), CRASH_STEPS.len());

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 /// Top to bottom.
 const LAYERS: [&str; 4] = ["cli", "commands", "state", "kernel"];
-const LEAVES: [&str; 4] = ["model", "maps", "testhooks", "skel"];
+const LEAVES: [&str; 5] = ["model", "policy", "maps", "testhooks", "skel"];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in fs::read_dir(dir).unwrap() {

@@ -3,16 +3,19 @@
 //! the model (`ModeArg` -> `Option<Mode>`) at this boundary.
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use anyhow::Result;
+use clap::{Parser, Subcommand};
 
-use crate::commands::{attach, detach, reconcile, status};
-use crate::kernel::{bpf, iface, netns, privileges};
-use crate::model::{Mode, PortMatch};
+use crate::commands::{attach, detach, reconcile, status, upgrade};
+use crate::kernel::{bpf, netns, privileges};
 use crate::state::pin_root::{self, PinRoot};
 use crate::testhooks::journal;
 
-pub mod render;
+pub mod args;
+pub mod prometheus;
+pub mod text;
+
+pub use args::{AttachArgs, DetachArgs, ModeArg, ReflectArg, StatusArgs};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -21,14 +24,14 @@ pub mod render;
     about = "Keep DSCP (QoS) marks alive across WireGuard tunnels",
     long_about = "Keep DSCP (QoS) marks alive across WireGuard tunnels.\n\n\
         A reader program on each tunnel's egress remembers the inner packet's DSCP by flow \
-        hash; a writer program on the uplink's egress copies it onto the outer packet. \
-        Programs and maps are pinned in bpffs under <PIN_ROOT>/<UPLINK>/, so tunnels can be \
-        attached and detached one at a time.\n\n\
+        hash; a writer program on each uplink's egress copies it onto the outer packet, on \
+        whichever attached uplink it leaves by. Programs and maps are pinned in bpffs under \
+        <PIN_ROOT>, so tunnels can be attached and detached one at a time.\n\n\
         Privacy: copying marks to the outer header shows observers on the path which \
         traffic classes the tunnel carries."
 )]
 pub struct Cli {
-    /// bpffs directory that holds pdscp's state, one sub-directory per uplink
+    /// bpffs directory that holds pdscp's state (docs/state.md)
     #[arg(long, global = true, env = "PDSCP_PIN_ROOT", default_value = pin_root::DEFAULT_PIN_ROOT)]
     pub pin_root: PathBuf,
 
@@ -42,7 +45,7 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Start marking a tunnel's packets on an uplink (a no-op if already attached)
+    /// Start marking a tunnel's packets on its uplinks (a no-op if already attached)
     Attach(AttachArgs),
     /// Stop marking a tunnel (succeeds if it is not attached; works after the device is gone)
     Detach(DetachArgs),
@@ -51,6 +54,9 @@ pub enum Command {
     /// Repair state: release tunnels whose device is gone or was recreated,
     /// finish or undo interrupted commands, re-attach to recreated uplinks
     Gc,
+    /// Bring state an older pdscp made up to this version, in place
+    /// (attach, detach and gc do it too, before anything else)
+    Upgrade,
     /// Write the man page or shell completions to stdout (for packaging)
     #[command(hide = true, subcommand)]
     Generate(Generate),
@@ -62,65 +68,6 @@ pub enum Generate {
     Man,
     /// Completions for a shell
     Completions { shell: clap_complete::Shell },
-}
-
-#[derive(clap::Args, Debug)]
-pub struct AttachArgs {
-    /// Tunnel device (WireGuard, VXLAN, ...) whose inner DSCP is read
-    pub tunnel: String,
-    /// Device the tunnel's outer packets leave by (default: found from the
-    /// routes to the tunnel's peers, using WireGuard's fwmark)
-    #[arg(long)]
-    pub uplink: Option<String>,
-    /// The tunnel's fixed outer UDP source port (default for WireGuard: its listen port)
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..), conflicts_with = "any_port")]
-    pub port: Option<u16>,
-    /// Match outer packets on the flow hash alone, whatever their UDP source port
-    #[arg(long)]
-    pub any_port: bool,
-    /// How to attach: tcx links (kernel 6.6+), tc clsact filters, or auto (tcx, else tc)
-    #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
-    pub mode: ModeArg,
-    /// Flow map size, used when the uplink's map is first created
-    #[arg(long, default_value_t = 16384, value_parser = clap::value_parser!(u32).range(16..=1 << 24))]
-    pub map_size: u32,
-}
-
-#[derive(clap::Args, Debug)]
-pub struct DetachArgs {
-    /// Tunnel device to stop marking
-    pub tunnel: String,
-    /// Only look for the tunnel on this uplink
-    #[arg(long)]
-    pub uplink: Option<String>,
-}
-
-#[derive(clap::Args, Debug)]
-pub struct StatusArgs {
-    /// Machine-readable output
-    #[arg(long, conflicts_with = "prometheus")]
-    pub json: bool,
-    /// node_exporter textfile-collector format
-    #[arg(long)]
-    pub prometheus: bool,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ModeArg {
-    Auto,
-    Tcx,
-    Tc,
-}
-
-impl ModeArg {
-    /// The mode asked for; None leaves the choice to pdscp.
-    fn asked(self) -> Option<Mode> {
-        match self {
-            ModeArg::Auto => None,
-            ModeArg::Tcx => Some(Mode::Tcx),
-            ModeArg::Tc => Some(Mode::Tc),
-        }
-    }
 }
 
 /// A usage error as one line (hooks log errors to syslog); exit code 2.
@@ -144,32 +91,39 @@ pub fn run(cli: Cli) -> Result<()> {
     }
     match &cli.command {
         Command::Attach(args) => {
-            let ports = match (args.port, args.any_port) {
-                (Some(p), _) => Some(PortMatch::Port(p)),
-                (None, true) => Some(PortMatch::Any),
-                // WireGuard: read from the device.
-                (None, false) => None,
-            };
             // Devices first: a refused attach leaves no trace, not even a pin root.
-            let plan = attach::plan(&args.tunnel, args.uplink.as_deref(), ports)?;
+            let plan = attach::plan(args.request())?;
             let root = PinRoot::open(&cli.pin_root, true)?;
-            let msg = attach::attach(&root, &plan, args.mode.asked(), args.map_size)?;
-            println!("{msg}");
+            print_lines(&attach::attach(&root, &plan)?);
             journal(&format!("attach {}", args.tunnel));
         }
         Command::Detach(args) => {
             let Some(root) = PinRoot::open_existing(&cli.pin_root, true)? else {
-                println!("{}: not attached", args.tunnel);
+                println!("{}: not attached", args.tunnel.as_deref().unwrap_or("nothing"));
                 return Ok(());
             };
-            let msg = detach::detach(&root, &args.tunnel, args.uplink.as_deref())?;
-            println!("{msg}");
-            journal(&format!("detach {}", args.tunnel));
+            match &args.tunnel {
+                Some(tunnel) => {
+                    print_lines(&detach::detach(&root, tunnel, &args.uplinks)?);
+                    journal(&format!("detach {tunnel}"));
+                }
+                None => print_lines(&detach::detach_all(&root)?),
+            }
         }
         Command::Gc => {
             if let Some(root) = PinRoot::open_existing(&cli.pin_root, true)? {
                 println!("{}", reconcile::gc(&root)?);
             }
+        }
+        Command::Upgrade => {
+            let done = match PinRoot::open_existing(&cli.pin_root, true)? {
+                Some(root) => upgrade::upgrade(&root)?,
+                None => Vec::new(),
+            };
+            if done.is_empty() {
+                println!("nothing to upgrade");
+            }
+            print_lines(&done);
         }
         Command::Status(args) => {
             let report = match PinRoot::open_existing(&cli.pin_root, false)? {
@@ -179,14 +133,20 @@ pub fn run(cli: Cli) -> Result<()> {
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else if args.prometheus {
-                print!("{}", render::prometheus(&report));
+                print!("{}", prometheus::prometheus(&report));
             } else {
-                print!("{}", render::text(&report));
+                print!("{}", text::text(&report));
             }
         }
         Command::Generate(_) => unreachable!("handled above"),
     }
     Ok(())
+}
+
+fn print_lines(lines: &[String]) {
+    for line in lines {
+        println!("{line}");
+    }
 }
 
 /// Man page and completions come from the same definitions as --help.
@@ -207,27 +167,10 @@ fn validate(cli: &Cli) -> Result<()> {
         netns::validate_name(ns)?;
     }
     match &cli.command {
-        Command::Attach(a) => {
-            iface::validate_name(&a.tunnel)?;
-            if let Some(uplink) = &a.uplink {
-                iface::validate_name(uplink)?;
-                if a.tunnel == *uplink {
-                    bail!(
-                        "attach {}: the uplink must be another device than the tunnel",
-                        a.tunnel
-                    );
-                }
-            }
-        }
-        Command::Detach(d) => {
-            iface::validate_name(&d.tunnel)?;
-            if let Some(u) = &d.uplink {
-                iface::validate_name(u)?;
-            }
-        }
-        Command::Status(_) | Command::Gc | Command::Generate(_) => {}
+        Command::Attach(a) => a.validate(),
+        Command::Detach(d) => d.validate(),
+        Command::Status(_) | Command::Gc | Command::Upgrade | Command::Generate(_) => Ok(()),
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -247,10 +190,54 @@ mod tests {
         let Command::Attach(a) = cli.command else {
             panic!("not attach")
         };
-        assert_eq!((a.tunnel.as_str(), a.uplink.as_deref()), ("wg0", Some("eth0")));
+        assert_eq!(
+            (a.tunnel.as_str(), a.uplinks.as_slice()),
+            ("wg0", &["eth0".to_string()][..])
+        );
         assert_eq!(a.port, Some(51820));
         assert_eq!(a.mode, ModeArg::Tc);
         assert_eq!(a.map_size, 16384);
+        assert!(a.request().policy.is_copy());
+        assert!(!a.request().reflection.is_on());
+    }
+
+    #[test]
+    fn attach_takes_several_uplinks_and_a_policy() {
+        let cli = parse(&[
+            "attach",
+            "wg0",
+            "--uplink",
+            "wan",
+            "--uplink",
+            "wwan",
+            "--dscp-map",
+            "diffserv4",
+            "--handshake-dscp",
+            "cs1",
+            "--reflect",
+            "both",
+            "--reflect-allow",
+            "ef,af41",
+        ])
+        .unwrap();
+        let Command::Attach(a) = cli.command else {
+            panic!("not attach")
+        };
+        let r = a.request();
+        assert_eq!(r.uplinks, ["wan", "wwan"]);
+        assert_eq!((r.policy.map[34], r.policy.handshake), (34, Some(8)));
+        assert!(r.reflection.out && r.reflection.into);
+        assert_eq!(r.reflection.allow, (1 << 46) | (1 << 34));
+        for bad in [
+            &["attach", "wg0", "--dscp-map", "46=99"][..],
+            &["attach", "wg0", "--fixed", "ef1"],
+            &["attach", "wg0", "--reflect", "sideways"],
+            &["detach"],
+            &["detach", "wg0", "--all"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse(&["detach", "--all"]).is_ok());
     }
 
     #[test]

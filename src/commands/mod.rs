@@ -4,7 +4,10 @@
 //! asked-for state. Everything here runs under the pin root's lock.
 pub mod attach;
 pub mod detach;
+mod migrate;
 pub mod reconcile;
+pub mod report;
 pub mod rules;
 pub mod status;
 pub mod steps;
+pub mod upgrade;

@@ -5,7 +5,8 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use libbpf_rs::libbpf_sys;
+use libbpf_rs::{libbpf_sys, MapCore, MapHandle, MapInfo};
+use std::os::fd::AsFd;
 
 /// Pins a map, program or link by its fd at `pin`.
 pub fn pin_fd(fd: BorrowedFd<'_>, pin: &Path) -> Result<()> {
@@ -46,6 +47,51 @@ pub fn prog_map_ids(prog: BorrowedFd<'_>) -> Result<Vec<u32>> {
     }
     ids.truncate((info.nr_map_ids as usize).min(MAX_MAPS));
     Ok(ids)
+}
+
+/// Every (key, value) of a map in one BPF_MAP_LOOKUP_BATCH call. Not
+/// libbpf-rs's `lookup_batch`: its iterator ends silently on an error, and a
+/// registry that looks empty because a read failed would make repair release
+/// everything. (Not for per-CPU maps, which 5.10 cannot batch.)
+pub fn lookup_all(map: &MapHandle) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let (key_size, value_size) = (map.key_size() as usize, map.value_size() as usize);
+    let capacity = (MapInfo::new(map.as_fd())?.info.max_entries as usize).max(1);
+    let mut keys = vec![0u8; capacity * key_size];
+    let mut values = vec![0u8; capacity * value_size];
+    let mut out_batch = vec![0u8; key_size.max(4)];
+    let opts = libbpf_sys::bpf_map_batch_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_map_batch_opts>() as _,
+        ..Default::default()
+    };
+    let mut count = capacity as u32;
+    // SAFETY: keys and values have room for `count` entries of the map's key
+    // and value sizes, out_batch for one batch token; the kernel writes no
+    // more. One call with room for every entry: the first batch is the last
+    // (ENOENT).
+    let ret = unsafe {
+        libbpf_sys::bpf_map_lookup_batch(
+            map.as_fd().as_raw_fd(),
+            std::ptr::null_mut(),
+            out_batch.as_mut_ptr().cast(),
+            keys.as_mut_ptr().cast(),
+            values.as_mut_ptr().cast(),
+            &mut count,
+            &opts,
+        )
+    };
+    if ret < 0 && -ret != libc::ENOENT {
+        let name = MapInfo::new(map.as_fd())
+            .ok()
+            .and_then(|i| i.name().ok().map(str::to_string));
+        return Err(io::Error::from_raw_os_error(-ret))
+            .with_context(|| format!("reading map {}", name.unwrap_or_default()));
+    }
+    Ok(keys
+        .chunks_exact(key_size)
+        .zip(values.chunks_exact(value_size))
+        .take(count as usize)
+        .map(|(k, v)| (k.to_vec(), v.to_vec()))
+        .collect())
 }
 
 /// The name of the program with this id ("" if it is gone).

@@ -13,9 +13,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use libbpf_rs::query::LinkTypeInfo;
-use libbpf_rs::{libbpf_sys, Link, ProgramHandle, TcHook, TC_EGRESS};
+use libbpf_rs::{libbpf_sys, Link, ProgramHandle, TcHook, TC_EGRESS, TC_INGRESS};
 
 use super::bpf::{os_error, pin_fd, prog_name, remove_pin};
+use super::qdisc;
 use crate::model::{Mode, Program};
 use crate::testhooks::{crash_point, Step};
 
@@ -27,15 +28,27 @@ pub const TC_HANDLE: u32 = 0xd5c;
 /// inner tunnel) and a tunnel (of an outer uplink), so writer and reader get
 /// their own slots, the writer first: the reader must see the outer DSCP the
 /// writer just set. (TCX: the writer is attached before every other link.)
-pub fn tc_priority(program: Program) -> u32 {
+/// The ingress program goes first on ingress, before any redirect to an ifb
+/// (sqm-scripts uses priority 10), which would take the packet away.
+pub const fn tc_priority(program: Program) -> u32 {
     match program {
         Program::Writer => 0xd5c,
         Program::Reader => 0xd5d,
+        Program::Ingress => 1,
     }
+}
+
+fn on_ingress(program: Program) -> bool {
+    program == Program::Ingress
 }
 
 /// Prefix of pdscp's program names, to recognise its own filters.
 pub const PROG_PREFIX: &str = "pdscp_";
+
+/// Whether the program with this id is one of pdscp's (by its name).
+pub fn is_pdscp_program(id: u32) -> bool {
+    prog_name(id).starts_with(PROG_PREFIX)
+}
 
 /// The kernel has no TCX (Linux before 6.6).
 #[derive(Debug)]
@@ -126,7 +139,11 @@ impl Hook {
     fn tc_hook(&self, prog: &impl AsFd) -> TcHook {
         let mut hook = TcHook::new(prog.as_fd());
         hook.ifindex(self.ifindex as i32)
-            .attach_point(TC_EGRESS)
+            .attach_point(if on_ingress(self.program) {
+                TC_INGRESS
+            } else {
+                TC_EGRESS
+            })
             .handle(TC_HANDLE)
             .priority(tc_priority(self.program));
         hook
@@ -134,12 +151,28 @@ impl Hook {
 
     fn tc_attach(&self, prog: &ProgramHandle) -> Result<()> {
         self.ensure_tc_slot_is_ours()?;
+        self.ensure_no_classic_ingress()?;
         let mut hook = self.tc_hook(prog);
         // Creates clsact only if the device has none (EEXIST is success).
         hook.create().context("creating the clsact qdisc")?;
         crash_point(Step::ClsactReady);
         hook.replace(true).attach().context("attaching a tc filter")?;
         Ok(())
+    }
+
+    /// The classic `ingress` qdisc (sqm-scripts' redirect to an ifb) takes
+    /// ffff:, where clsact would go, and offers its one filter block for
+    /// egress too: a filter added "on egress" there would run on ingress.
+    fn ensure_no_classic_ingress(&self) -> Result<()> {
+        match qdisc::ingress_kind(self.ifindex)?.as_deref() {
+            Some("ingress") => bail!(
+                "ifindex {} has the classic ingress qdisc (sqm-scripts?), which cannot coexist with \
+                 clsact: tc mode is impossible there; use --mode tcx (Linux 6.6+), or move its \
+                 ingress filters to clsact",
+                self.ifindex
+            ),
+            _ => Ok(()),
+        }
     }
 
     /// Refuses to replace or remove a filter in pdscp's slot that another tool put there.
@@ -169,14 +202,14 @@ impl Hook {
         if self.program == Program::Writer {
             opts.flags = libbpf_sys::BPF_F_BEFORE;
         }
+        let attach_type = if on_ingress(self.program) {
+            libbpf_sys::BPF_TCX_INGRESS
+        } else {
+            libbpf_sys::BPF_TCX_EGRESS
+        };
         // SAFETY: plain syscall wrapper; `opts` is a valid, sized options struct.
         let fd = unsafe {
-            libbpf_sys::bpf_link_create(
-                prog.as_fd().as_raw_fd(),
-                self.ifindex as i32,
-                libbpf_sys::BPF_TCX_EGRESS,
-                &opts,
-            )
+            libbpf_sys::bpf_link_create(prog.as_fd().as_raw_fd(), self.ifindex as i32, attach_type, &opts)
         };
         if fd < 0 {
             let errno = -fd;
@@ -191,7 +224,7 @@ impl Hook {
         let link = unsafe { OwnedFd::from_raw_fd(fd) };
         crash_point(match self.program {
             Program::Writer => Step::WriterLinkCreated,
-            Program::Reader => Step::ReaderLinkCreated,
+            Program::Reader | Program::Ingress => Step::ReaderLinkCreated,
         });
         pin_fd(link.as_fd(), &self.link_pin)
     }
@@ -228,7 +261,7 @@ pub fn tcx_link(pin: &Path) -> Result<Option<TcxLink>> {
 }
 
 /// Points an existing pinned link at another program, atomically.
-fn tcx_update(pin: &Path, prog: &ProgramHandle) -> Result<()> {
+pub fn tcx_update(pin: &Path, prog: &ProgramHandle) -> Result<()> {
     let link = Link::open(pin).with_context(|| format!("opening link {}", pin.display()))?;
     // SAFETY: plain syscall wrapper on two open fds; NULL options are allowed.
     let ret = unsafe {

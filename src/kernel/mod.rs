@@ -7,5 +7,6 @@ pub mod iface;
 pub mod netlink;
 pub mod netns;
 pub mod privileges;
+pub mod qdisc;
 pub mod route;
 pub mod wireguard;

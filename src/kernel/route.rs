@@ -1,7 +1,7 @@
 //! Route lookups: which device a tunnel's outer packets leave by (its uplink), asked
 //! of the kernel's routing (rtnetlink), as `ip route get` would, including
 //! the fwmark a WireGuard device sets (policy routing, mwan3).
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use anyhow::{bail, Context, Result};
@@ -23,59 +23,70 @@ const NO_ROUTE: [i32; 4] = [
     libc::EINVAL,
 ];
 
-/// The uplink of `tunnel`, when all its peers are reached over one device.
-pub fn discover_uplink(tunnel: &Iface) -> Result<String> {
-    // uplink name -> the peer addresses routed over it
-    let mut found: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut unrouted = Vec::new();
+/// Where one of a tunnel's peers is routed now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// The peer's address (WireGuard: its endpoint, with the port).
+    pub peer: String,
+    /// The device its packets leave by; None where there is no route.
+    pub uplink: Option<String>,
+}
+
+/// Where each of a tunnel's peers is routed now. WireGuard: each peer's endpoint,
+/// looked up as the device's own packets are (its fwmark, its ports);
+/// VXLAN: the fixed remote, or its underlay device. None for a tunnel whose
+/// peers pdscp cannot know.
+pub fn peer_routes(tunnel: &Iface) -> Result<Option<Vec<Route>>> {
+    let mut routes = Vec::new();
     if let Some(dev) = wireguard::device(&tunnel.name)? {
-        if dev.endpoints.is_empty() {
-            bail!(
-                "{}: no WireGuard peer has an endpoint yet; pass --uplink",
-                tunnel.name
-            );
-        }
         for endpoint in &dev.endpoints {
-            match route_oif(
+            let uplink = route_oif(
                 endpoint.ip(),
                 dev.fwmark,
                 Some((dev.listen_port, endpoint.port())),
-            )? {
-                Some(uplink) => found.entry(uplink).or_default().push(endpoint.to_string()),
-                None => unrouted.push(endpoint.to_string()),
-            }
+            )?;
+            routes.push(Route {
+                peer: endpoint.to_string(),
+                uplink,
+            });
         }
     } else if let Some((remote, link)) = vxlan_remote(tunnel.ifindex)? {
         let via_link = link.and_then(iface::name_of);
-        match via_link.or(route_oif(remote, 0, None)?) {
-            Some(uplink) => found.entry(uplink).or_default().push(remote.to_string()),
-            None => unrouted.push(remote.to_string()),
-        }
+        routes.push(Route {
+            peer: remote.to_string(),
+            uplink: via_link.or(route_oif(remote, 0, None)?),
+        });
     } else {
+        return Ok(None);
+    }
+    Ok(Some(routes))
+}
+
+/// Every uplink `tunnel`'s peers are reached over now (each once, sorted),
+/// for `attach` without `--uplink`.
+pub fn discover_uplinks(tunnel: &Iface) -> Result<Vec<String>> {
+    let Some(routes) = peer_routes(tunnel)? else {
         bail!(
             "{}: cannot tell which device its packets leave by; pass --uplink",
             tunnel.name
         );
+    };
+    if routes.is_empty() {
+        bail!(
+            "{}: no WireGuard peer has an endpoint yet; pass --uplink",
+            tunnel.name
+        );
     }
-    match found.len() {
-        1 => Ok(found.into_keys().next().unwrap_or_default()),
-        0 => bail!(
+    let uplinks: BTreeSet<String> = routes.iter().filter_map(|r| r.uplink.clone()).collect();
+    if uplinks.is_empty() {
+        let peers: Vec<&str> = routes.iter().map(|r| r.peer.as_str()).collect();
+        bail!(
             "{}: no route to its peers ({}); pass --uplink",
             tunnel.name,
-            unrouted.join(", ")
-        ),
-        _ => {
-            let list: Vec<String> = found
-                .iter()
-                .map(|(u, peers)| format!("{u}: {}", peers.join(" ")))
-                .collect();
-            bail!(
-                "{}: its peers are reached over several uplinks ({}); pass --uplink",
-                tunnel.name,
-                list.join("; ")
-            )
-        }
+            peers.join(", ")
+        );
     }
+    Ok(uplinks.into_iter().collect())
 }
 
 /// The output device of the route to `dst` for UDP from/to the given ports

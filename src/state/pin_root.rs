@@ -11,8 +11,7 @@ use fs2::FileExt;
 use nix::mount::{mount, MsFlags};
 use nix::sys::statfs::statfs;
 
-use super::uplink::UplinkDir;
-use crate::kernel::iface;
+use super::layout::Layout;
 
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/preserve-dscp";
 const BPFFS_MOUNT_POINT: &str = "/sys/fs/bpf";
@@ -80,26 +79,9 @@ impl PinRoot {
         })
     }
 
-    pub fn uplink(&self, name: &str) -> UplinkDir {
-        UplinkDir::new(name, self.path.join(name))
-    }
-
-    /// Every uplink with state under this root.
-    pub fn uplinks(&self) -> Result<Vec<UplinkDir>> {
-        let mut uplinks = Vec::new();
-        for entry in fs::read_dir(&self.path).with_context(|| format!("reading {}", self.path.display()))? {
-            let entry = entry?;
-            if !entry.file_type()?.is_dir() {
-                continue;
-            }
-            if let Some(name) = entry.file_name().to_str() {
-                if iface::validate_name(name).is_ok() {
-                    uplinks.push(self.uplink(name));
-                }
-            }
-        }
-        uplinks.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(uplinks)
+    /// Where everything lives under this root.
+    pub fn layout(&self) -> Layout {
+        Layout::new(&self.path)
     }
 }
 

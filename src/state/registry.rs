@@ -1,163 +1,380 @@
-//! The registry: every device attached under one uplink, kept in its pinned
-//! `ifaces` map (ifindex -> what was attached), with the programs' copies in
-//! `dev_slots` and `ports`. A command reads it once into a `Registry` and
-//! changes it through that value, which keeps map and snapshot in step.
-use std::io;
-use std::os::fd::{AsFd, AsRawFd};
+//! The registry: one record per tunnel slot and per uplink slot, in the
+//! pinned `tunnels` and `uplinks` maps, and the programs' indexes into them
+//! (`devices`, `devices_hi`, `ports`). A command reads it once into a
+//! `Registry` and changes it through that value, which keeps the maps and the
+//! snapshot in step.
+use std::collections::BTreeSet;
 
-use anyhow::{Context, Result};
-use libbpf_rs::{MapCore, MapFlags, MapInfo};
+use anyhow::{bail, Context, Result};
+use libbpf_rs::{MapCore, MapFlags};
 
-use super::uplink::Pinned;
-use crate::maps;
-use crate::model::{IfaceCfg, PortMatch, Role};
+use super::objects::Objects;
+use crate::kernel::bpf::lookup_all;
+use crate::maps::{self, DEV_SLOTS, MAX_LINKS, MAX_TUNNELS, MAX_UPLINKS};
+use crate::model::{PortMatch, TunnelRecord, UplinkRecord};
 
-/// What the registry held when it was read, as changed since through this value.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// The records as they were read, as changed since through this value.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Registry {
-    /// By ifindex, sorted.
-    entries: Vec<(u32, IfaceCfg)>,
+    tunnels: Vec<Option<TunnelRecord>>,
+    uplinks: Vec<Option<UplinkRecord>>,
+}
+
+impl Default for Registry {
+    fn default() -> Registry {
+        Registry {
+            tunnels: vec![None; MAX_TUNNELS],
+            uplinks: vec![None; MAX_UPLINKS],
+        }
+    }
 }
 
 impl Registry {
-    /// Reads every entry in one BPF_MAP_LOOKUP_BATCH call: commands that
-    /// touch one tunnel must not cost a syscall per attached tunnel.
-    pub fn read(pinned: &Pinned) -> Result<Registry> {
-        let mut entries: Vec<(u32, IfaceCfg)> = read_all(&pinned.ifaces)?
-            .into_iter()
-            .filter_map(|(k, v)| Some((u32::from_ne_bytes(k.try_into().ok()?), maps::decode_iface(&v)?)))
-            .collect();
-        entries.sort_by_key(|(i, _)| *i);
-        Ok(Registry { entries })
+    /// Reads both record maps, one batch call each.
+    pub fn read(objects: &Objects) -> Result<Registry> {
+        let mut registry = Registry::default();
+        for (key, value) in lookup_all(objects.map("tunnels"))? {
+            if let (Some(slot), Some(rec)) = (slot_of(&key), maps::decode_tunnel(&value)) {
+                if let Some(entry) = registry.tunnels.get_mut(slot) {
+                    *entry = Some(rec);
+                }
+            }
+        }
+        for (key, value) in lookup_all(objects.map("uplinks"))? {
+            if let (Some(slot), Some(rec)) = (slot_of(&key), maps::decode_uplink(&value)) {
+                if let Some(entry) = registry.uplinks.get_mut(slot) {
+                    *entry = Some(rec);
+                }
+            }
+        }
+        Ok(registry)
     }
 
-    /// A registry holding these entries, as `read` would return it.
-    pub fn from_entries(mut entries: Vec<(u32, IfaceCfg)>) -> Registry {
-        entries.sort_by_key(|(i, _)| *i);
-        Registry { entries }
+    /// A registry holding these records, as `read` would return it.
+    pub fn from_records(
+        tunnels: Vec<(usize, TunnelRecord)>,
+        uplinks: Vec<(usize, UplinkRecord)>,
+    ) -> Registry {
+        let mut registry = Registry::default();
+        for (slot, rec) in tunnels {
+            registry.tunnels[slot] = Some(rec);
+        }
+        for (slot, rec) in uplinks {
+            registry.uplinks[slot] = Some(rec);
+        }
+        registry
     }
 
-    pub fn entries(&self) -> &[(u32, IfaceCfg)] {
-        &self.entries
-    }
-
-    /// The uplink's own entry.
-    pub fn uplink(&self) -> Option<(u32, &IfaceCfg)> {
-        self.entries
+    pub fn tunnels(&self) -> impl Iterator<Item = (usize, &TunnelRecord)> {
+        self.tunnels
             .iter()
-            .find(|(_, c)| c.role == Role::Uplink)
-            .map(|(i, c)| (*i, c))
+            .enumerate()
+            .filter_map(|(s, r)| Some((s, r.as_ref()?)))
     }
 
-    pub fn tunnels(&self) -> impl Iterator<Item = (u32, &IfaceCfg)> {
-        self.entries
+    pub fn uplinks(&self) -> impl Iterator<Item = (usize, &UplinkRecord)> {
+        self.uplinks
             .iter()
-            .filter(|(_, c)| c.role == Role::Tunnel)
-            .map(|(i, c)| (*i, c))
+            .enumerate()
+            .filter_map(|(s, r)| Some((s, r.as_ref()?)))
     }
 
-    /// The recorded tunnel with this name.
-    pub fn tunnel(&self, name: &str) -> Option<(u32, &IfaceCfg)> {
-        self.tunnels().find(|(_, c)| c.name == name)
+    pub fn tunnel(&self, name: &str) -> Option<(usize, &TunnelRecord)> {
+        self.tunnels().find(|(_, r)| r.name == name)
+    }
+
+    pub fn uplink(&self, name: &str) -> Option<(usize, &UplinkRecord)> {
+        self.uplinks().find(|(_, r)| r.name == name)
+    }
+
+    pub fn uplink_at(&self, slot: usize) -> Option<&UplinkRecord> {
+        self.uplinks.get(slot)?.as_ref()
+    }
+
+    /// The tunnels attached to the uplink in `slot`.
+    pub fn tunnels_on(&self, slot: usize) -> impl Iterator<Item = (usize, &TunnelRecord)> {
+        self.tunnels().filter(move |(_, r)| r.links.contains_key(&slot))
+    }
+
+    /// The names of the uplinks a tunnel is attached to.
+    pub fn uplink_names(&self, rec: &TunnelRecord) -> Vec<String> {
+        rec.links
+            .keys()
+            .filter_map(|slot| Some(self.uplink_at(*slot)?.name.clone()))
+            .collect()
     }
 
     /// The recorded tunnel whose outer packets leave from this port.
-    pub fn port_owner(&self, port: u16) -> Option<(u32, &IfaceCfg)> {
-        self.tunnels()
-            .find(|(_, c)| c.ports == Some(PortMatch::Port(port)))
+    pub fn port_owner(&self, port: u16) -> Option<(usize, &TunnelRecord)> {
+        self.tunnels().find(|(_, r)| r.ports == PortMatch::Port(port))
     }
 
-    /// Records a device; the programs see it at once (dev_slots, and for a
-    /// tunnel the writer's port bitmap).
-    pub fn record(&mut self, pinned: &Pinned, ifindex: u32, cfg: &IfaceCfg) -> Result<()> {
-        pinned
-            .ifaces
-            .update(&ifindex.to_ne_bytes(), &maps::encode_iface(cfg), MapFlags::ANY)
-            .context("recording the device in the ifaces map")?;
-        write_slot(pinned, ifindex, Some(cfg))?;
-        self.entries.retain(|(i, _)| *i != ifindex);
-        self.entries.push((ifindex, cfg.clone()));
-        self.entries.sort_by_key(|(i, _)| *i);
-        if cfg.role == Role::Tunnel {
-            self.write_ports(pinned)?;
+    pub fn is_empty(&self) -> bool {
+        self.tunnels().next().is_none() && self.uplinks().next().is_none()
+    }
+
+    /// The lowest free tunnel slot.
+    pub fn free_tunnel_slot(&self) -> Result<usize> {
+        match self.tunnels.iter().position(Option::is_none) {
+            Some(slot) => Ok(slot),
+            None => bail!("this pin root serves {MAX_TUNNELS} tunnels already, the most it can"),
+        }
+    }
+
+    /// The lowest free uplink slot.
+    pub fn free_uplink_slot(&self) -> Result<usize> {
+        match self.uplinks.iter().position(Option::is_none) {
+            Some(slot) => Ok(slot),
+            None => bail!("this pin root serves {MAX_UPLINKS} uplinks already, the most it can"),
+        }
+    }
+
+    /// The lowest link_stats row no tunnel uses, other than `taken`.
+    pub fn free_link_row(&self, taken: &BTreeSet<u16>) -> Result<u16> {
+        let used: BTreeSet<u16> = self
+            .tunnels()
+            .flat_map(|(_, r)| r.links.values().copied())
+            .collect();
+        match (1..MAX_LINKS as u16).find(|row| !used.contains(row) && !taken.contains(row)) {
+            Some(row) => Ok(row),
+            None => bail!(
+                "this pin root has {} tunnel-uplink attachments already, the most it can",
+                MAX_LINKS - 1
+            ),
+        }
+    }
+
+    /// Records an uplink in `slot`; the writer sees it at once.
+    pub fn put_uplink(&mut self, objects: &Objects, slot: usize, rec: UplinkRecord) -> Result<()> {
+        let old_ifindex = self.uplinks[slot].as_ref().map(|r| r.ifindex);
+        if old_ifindex.is_none() {
+            zero_row(objects, "uplink_stats", slot as u32)?;
+        }
+        update(objects, "uplinks", slot as u32, &maps::encode_uplink(Some(&rec)))?;
+        let ifindex = rec.ifindex;
+        self.uplinks[slot] = Some(rec);
+        self.write_device(objects, ifindex)?;
+        if let Some(old) = old_ifindex.filter(|old| *old != ifindex) {
+            self.write_device(objects, old)?;
         }
         Ok(())
     }
 
-    /// Forgets a device: the programs stop seeing it first, then the entry goes.
-    pub fn forget(&mut self, pinned: &Pinned, ifindex: u32) -> Result<()> {
-        write_slot(pinned, ifindex, None)?;
-        match pinned.ifaces.delete(&ifindex.to_ne_bytes()) {
-            Ok(()) => {}
-            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).context("deleting a device from the ifaces map"),
+    /// Forgets the uplink in `slot`: the writer stops seeing it first.
+    pub fn clear_uplink(&mut self, objects: &Objects, slot: usize) -> Result<()> {
+        let Some(rec) = self.uplinks[slot].take() else {
+            return Ok(());
+        };
+        self.write_device(objects, rec.ifindex)?;
+        update(objects, "uplinks", slot as u32, &maps::encode_uplink(None))
+    }
+
+    /// Records a tunnel in `slot`: zeroes the counters it did not have yet,
+    /// then the record, then the programs' indexes (device, port), so the
+    /// programs never see an index without its record.
+    pub fn put_tunnel(&mut self, objects: &Objects, slot: usize, rec: TunnelRecord) -> Result<()> {
+        let old = self.tunnels[slot].clone();
+        if old.is_none() {
+            zero_row(objects, "tunnel_stats", slot as u32)?;
         }
-        let was_tunnel = self.tunnels().any(|(i, _)| i == ifindex);
-        self.entries.retain(|(i, _)| *i != ifindex);
-        if was_tunnel {
-            self.write_ports(pinned)?;
+        let old_rows: BTreeSet<u16> = old.iter().flat_map(|o| o.links.values().copied()).collect();
+        for row in rec.links.values().filter(|r| !old_rows.contains(r)) {
+            zero_row(objects, "link_stats", u32::from(*row))?;
+        }
+        update(objects, "tunnels", slot as u32, &maps::encode_tunnel(Some(&rec)))?;
+        let (ifindex, ports) = (rec.ifindex, rec.ports);
+        self.tunnels[slot] = Some(rec);
+        self.write_device(objects, ifindex)?;
+        self.write_port(objects, ports)?;
+        if let Some(old) = old {
+            if old.ifindex != ifindex {
+                self.write_device(objects, old.ifindex)?;
+            }
+            if old.ports != ports {
+                self.write_port(objects, old.ports)?;
+            }
         }
         Ok(())
     }
 
-    /// Rewrites the writer's port bitmap from the recorded tunnels.
-    fn write_ports(&self, pinned: &Pinned) -> Result<()> {
-        let bitmap = maps::encode_port_bitmap(self.tunnels().filter_map(|(_, c)| c.ports.as_ref()));
-        pinned
-            .ports
-            .update(&0u32.to_ne_bytes(), &bitmap, MapFlags::ANY)
-            .context("writing the port bitmap")
+    /// Forgets the tunnel in `slot`: its port and device first (the programs
+    /// stop matching it), then the record.
+    pub fn clear_tunnel(&mut self, objects: &Objects, slot: usize) -> Result<()> {
+        let Some(rec) = self.tunnels[slot].take() else {
+            return Ok(());
+        };
+        self.write_port(objects, rec.ports)?;
+        self.write_device(objects, rec.ifindex)?;
+        update(objects, "tunnels", slot as u32, &maps::encode_tunnel(None))
+    }
+
+    /// Rewrites the programs' indexes from the records wherever they
+    /// differ: repairs what an interrupted command left. Returns how many
+    /// entries it changed.
+    pub fn repair_indexes(&self, objects: &Objects) -> Result<usize> {
+        let mut fixed = 0;
+        for (key, value) in lookup_all(objects.map("devices"))? {
+            let Some(ifindex) = slot_of(&key).map(|s| s as u32) else {
+                continue;
+            };
+            if value != self.device_value(ifindex) {
+                self.write_device(objects, ifindex)?;
+                fixed += 1;
+            }
+        }
+        for (key, _) in lookup_all(objects.map("devices_hi"))? {
+            let Some(ifindex) = slot_of(&key).map(|s| s as u32) else {
+                continue;
+            };
+            if self.device_value(ifindex) == maps::encode_device(None, None) {
+                self.write_device(objects, ifindex)?;
+                fixed += 1;
+            }
+        }
+        for (key, value) in lookup_all(objects.map("ports"))? {
+            let Some(block) = slot_of(&key) else { continue };
+            let want = self.port_block(block);
+            if value != want {
+                update(objects, "ports", block as u32, &want)?;
+                fixed += 1;
+            }
+        }
+        Ok(fixed)
+    }
+
+    fn device_value(&self, ifindex: u32) -> Vec<u8> {
+        let tunnel = self.tunnels().find(|(_, r)| r.ifindex == ifindex);
+        let uplink = self.uplinks().find(|(_, r)| r.ifindex == ifindex);
+
+        maps::encode_device(tunnel, uplink)
+    }
+
+    /// The programs' entry for a device, from every record that names it.
+    fn write_device(&self, objects: &Objects, ifindex: u32) -> Result<()> {
+        let value = self.device_value(ifindex);
+        if ifindex < DEV_SLOTS {
+            return update(objects, "devices", ifindex, &value);
+        }
+        let map = objects.map("devices_hi");
+        if value == maps::encode_device(None, None) {
+            return match map.delete(&ifindex.to_ne_bytes()) {
+                Err(e) if e.kind() != libbpf_rs::ErrorKind::NotFound => {
+                    Err(e).context("deleting from devices_hi")
+                }
+                _ => Ok(()),
+            };
+        }
+        update(objects, "devices_hi", ifindex, &value)
+    }
+
+    /// The `ports` block holding ports 256 * block .. 256 * block + 255.
+    fn port_block(&self, block: usize) -> Vec<u8> {
+        let mut slots = [0u16; 256];
+        for (slot, rec) in self.tunnels() {
+            match rec.ports {
+                PortMatch::Port(p) if usize::from(p >> 8) == block => {
+                    slots[usize::from(p & 0xff)] = slot as u16 + 1
+                }
+                // Port 0 is never a source port: its entry counts --any-port tunnels.
+                PortMatch::Any if block == 0 => slots[0] += 1,
+                _ => {}
+            }
+        }
+        slots.iter().flat_map(|s| s.to_ne_bytes()).collect()
+    }
+
+    fn write_port(&self, objects: &Objects, ports: PortMatch) -> Result<()> {
+        let block = match ports {
+            PortMatch::Port(p) => usize::from(p >> 8),
+            PortMatch::Any => 0,
+        };
+        update(objects, "ports", block as u32, &self.port_block(block))
     }
 }
 
-/// The programs' copy of a device's settings, for ifindexes below
-/// DEV_SLOTS (larger ones are looked up in ifaces).
-fn write_slot(pinned: &Pinned, ifindex: u32, cfg: Option<&IfaceCfg>) -> Result<()> {
-    if ifindex >= maps::DEV_SLOTS {
-        return Ok(());
-    }
-    pinned
-        .dev_slots
-        .update(&ifindex.to_ne_bytes(), &maps::encode_dev_slot(cfg), MapFlags::ANY)
-        .context("recording the device in the dev_slots map")
+fn slot_of(key: &[u8]) -> Option<usize> {
+    Some(u32::from_ne_bytes(key.try_into().ok()?) as usize)
 }
 
-/// Every (key, value) of a hash map in one batch call. Not libbpf-rs's
-/// `lookup_batch`: its iterator ends silently on an error, and a registry
-/// that looks empty because a read failed would make repair release every
-/// tunnel.
-fn read_all(map: &libbpf_rs::MapHandle) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let (key_size, value_size) = (map.key_size() as usize, map.value_size() as usize);
-    let capacity = (MapInfo::new(map.as_fd())?.info.max_entries as usize).max(1);
-    let mut keys = vec![0u8; capacity * key_size];
-    let mut values = vec![0u8; capacity * value_size];
-    let mut out_batch = vec![0u8; key_size];
-    let opts = libbpf_rs::libbpf_sys::bpf_map_batch_opts {
-        sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_batch_opts>() as _,
-        ..Default::default()
-    };
-    let mut count = capacity as u32;
-    // SAFETY: keys and values have room for `count` entries of the map's key
-    // and value sizes, out_batch for one key; the kernel writes no more.
-    // One call with room for every entry: the first batch is the last (ENOENT).
-    let ret = unsafe {
-        libbpf_rs::libbpf_sys::bpf_map_lookup_batch(
-            map.as_fd().as_raw_fd(),
-            std::ptr::null_mut(),
-            out_batch.as_mut_ptr().cast(),
-            keys.as_mut_ptr().cast(),
-            values.as_mut_ptr().cast(),
-            &mut count,
-            &opts,
-        )
-    };
-    if ret < 0 && -ret != libc::ENOENT {
-        return Err(io::Error::from_raw_os_error(-ret)).context("reading the ifaces map");
+fn update(objects: &Objects, map: &str, key: u32, value: &[u8]) -> Result<()> {
+    objects
+        .map(map)
+        .update(&key.to_ne_bytes(), value, MapFlags::ANY)
+        .with_context(|| format!("writing {map}[{key}]"))
+}
+
+/// Sets a per-CPU counter row to zero on every CPU.
+fn zero_row(objects: &Objects, map: &str, row: u32) -> Result<()> {
+    let handle = objects.map(map);
+    let cpus = libbpf_rs::num_possible_cpus().context("counting CPUs")?;
+    let zeros = vec![vec![0u8; handle.value_size() as usize]; cpus];
+    handle
+        .update_percpu(&row.to_ne_bytes(), &zeros, MapFlags::ANY)
+        .with_context(|| format!("zeroing {map}[{row}]"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Mode, Policy, Reflection};
+    use std::collections::BTreeMap;
+
+    fn tunnel(name: &str, port: PortMatch, links: &[(usize, u16)]) -> TunnelRecord {
+        TunnelRecord {
+            name: name.into(),
+            ifindex: 10,
+            ethernet: false,
+            ports: port,
+            reader: Some(Mode::Tc),
+            ingress: None,
+            policy: Policy::copy(),
+            reflection: Reflection::default(),
+            links: links.iter().copied().collect::<BTreeMap<_, _>>(),
+        }
     }
-    Ok(keys
-        .chunks_exact(key_size)
-        .zip(values.chunks_exact(value_size))
-        .take(count as usize)
-        .map(|(k, v)| (k.to_vec(), v.to_vec()))
-        .collect())
+
+    #[test]
+    fn slots_and_rows_are_the_lowest_free() {
+        let reg = Registry::from_records(
+            vec![
+                (0, tunnel("wg0", PortMatch::Port(1), &[(0, 1), (1, 2)])),
+                (2, tunnel("wg1", PortMatch::Port(2), &[(0, 4)])),
+            ],
+            vec![],
+        );
+        assert_eq!(reg.free_tunnel_slot().unwrap(), 1);
+        assert_eq!(reg.free_uplink_slot().unwrap(), 0);
+        assert_eq!(reg.free_link_row(&BTreeSet::new()).unwrap(), 3);
+        assert_eq!(reg.free_link_row(&BTreeSet::from([3])).unwrap(), 5);
+        assert_eq!(reg.tunnels_on(0).count(), 2);
+        assert_eq!(reg.tunnels_on(1).map(|(s, _)| s).collect::<Vec<_>>(), [0]);
+    }
+
+    #[test]
+    fn a_full_registry_says_so() {
+        let full: Vec<_> = (0..MAX_TUNNELS)
+            .map(|s| (s, tunnel(&format!("t{s}"), PortMatch::Port(s as u16 + 1), &[])))
+            .collect();
+        let reg = Registry::from_records(full, vec![]);
+        let e = reg.free_tunnel_slot().unwrap_err();
+        assert!(e.to_string().contains("the most it can"), "{e}");
+    }
+
+    #[test]
+    fn port_blocks_index_tunnels_by_port_and_count_any_port_tunnels() {
+        let reg = Registry::from_records(
+            vec![
+                (3, tunnel("wg0", PortMatch::Port(51820), &[])),
+                (4, tunnel("vx0", PortMatch::Any, &[])),
+                (5, tunnel("vx1", PortMatch::Any, &[])),
+            ],
+            vec![],
+        );
+        let slot_at = |block: &[u8], i: usize| u16::from_ne_bytes([block[2 * i], block[2 * i + 1]]);
+        let block = reg.port_block(51820 >> 8);
+        assert_eq!(slot_at(&block, 51820 & 0xff), 4, "slot 3, stored + 1");
+        assert_eq!(block.iter().filter(|b| **b != 0).count(), 1);
+        assert_eq!(slot_at(&reg.port_block(0), 0), 2, "two --any-port tunnels");
+        assert_eq!(reg.port_owner(51820).map(|(s, _)| s), Some(3));
+    }
 }

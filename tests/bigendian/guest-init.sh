@@ -81,7 +81,7 @@ hooks_clean() {
 # pins_gone: no pinned object anywhere on bpffs, the uplink's pin dir gone.
 pins_gone() {
     left=$(find /sys/fs/bpf ! -type d)
-    if [ -n "$left" ] || [ -e "$PIN_ROOT/dummy0" ]; then
+    if [ -n "$left" ] || [ -e "$PIN_ROOT/uplinks/dummy0" ]; then
         diag "left on bpffs:" "$left" "$(ls -la "$PIN_ROOT" 2>&1)"
         return 1
     fi
@@ -161,7 +161,7 @@ test_mode() {
     rc=$?
     diag "pdscp detach: $out (status $rc)"
     check "$t pdscp detach dummy1" [ "$rc" = 0 ]
-    check "$t after detach: nothing pinned on bpffs ($PIN_ROOT/dummy0 gone)" pins_gone
+    check "$t after detach: nothing pinned on bpffs ($PIN_ROOT/uplinks/dummy0 gone)" pins_gone
     check "$t after detach: no pdscp tc filter or TCX program on dummy0/dummy1" hooks_clean
     text=$(pdscp status 2>&1)
     diag "pdscp status: $text"

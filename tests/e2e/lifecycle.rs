@@ -77,7 +77,7 @@ fn detach_after_the_tunnel_device_is_gone() {
         let t2 = bed.add_vxlan("wg2", 102, 51830, Underlay::V4, 2);
         attach(&bed, &t1, UPLINK, mode);
         attach(&bed, &t2, UPLINK, mode);
-        let uplink_dir = bed.pin_root.join(UPLINK);
+        let uplink_dir = bed.pin_root.join("uplinks").join(UPLINK);
         let uplink_link = pinned_link_id(&uplink_dir.join("link"));
         assert_eq!(
             uplink_link.is_some(),
@@ -90,7 +90,7 @@ fn detach_after_the_tunnel_device_is_gone() {
         assert_eq!(s["uplinks"][0]["tunnels"][0]["present"], false, "{s}");
         let msg = ok(bed.pdscp(&["detach", "wg1"]));
         assert!(msg.contains("detached"), "{msg}");
-        assert!(!uplink_dir.join("tunnels/wg1").exists());
+        assert!(!bed.pin_root.join("tunnels/wg1").exists());
 
         let cap = Capture::start(&bed.b, UPLINK);
         send_udp(&bed.a, t2.b_addr(false), 9000, 0xb8, 5);
@@ -105,6 +105,10 @@ fn detach_after_the_tunnel_device_is_gone() {
         let msg = ok(bed.pdscp(&["detach", "wg2"]));
         assert!(msg.contains("uplink released"), "{msg}");
         assert!(!uplink_dir.exists(), "{mode}: uplink pin directory removed");
+        assert!(
+            std::fs::read_dir(&bed.pin_root).unwrap().next().is_none(),
+            "{mode}: nothing attached, nothing pinned"
+        );
         if let Some(id) = uplink_link {
             assert!(!link_exists(id), "{mode}: the uplink's TCX link is gone");
         }
@@ -186,21 +190,42 @@ fn pins_are_laid_out_and_private() {
     let bed = TestBed::new();
     let t = bed.add_vxlan("wg0", 100, 51820, Underlay::V4, 1);
     attach(&bed, &t, UPLINK, "tcx");
-    let dir = bed.pin_root.join(UPLINK);
+    let dir = &bed.pin_root;
     for pin in [
-        "flows",
-        "ifaces",
-        "ports",
-        "stats",
-        "reader",
-        "writer",
-        "link",
+        "stamp",
+        "maps/flows",
+        "maps/reflect",
+        "maps/tunnels",
+        "maps/uplinks",
+        "maps/devices",
+        "maps/ports",
+        "maps/tunnel_stats",
+        "maps/link_stats",
+        "maps/uplink_stats",
+        "progs/reader",
+        "progs/writer",
+        "progs/ingress",
+        "uplinks/up0/link",
         "tunnels/wg0/link",
     ] {
         assert!(dir.join(pin).exists(), "{pin} pinned");
+        if !pin.ends_with("link") || pin.contains('/') {
+            let mode = std::fs::metadata(dir.join(pin)).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{pin} is private");
+        }
     }
-    for d in [&bed.pin_root, &dir, &dir.join("tunnels")] {
-        let mode = std::fs::metadata(d).unwrap().permissions().mode() & 0o777;
+    for d in [
+        "",
+        "maps",
+        "progs",
+        "uplinks",
+        "uplinks/up0",
+        "tunnels",
+        "tunnels/wg0",
+    ]
+    .map(|d| dir.join(d))
+    {
+        let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700, "{} is private", d.display());
     }
     let text = ok(bed.pdscp(&["status"]));

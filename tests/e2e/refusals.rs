@@ -1,8 +1,6 @@
 //! What pdscp refuses: repeats and conflicts (which change nothing), no
 //! privileges, `ip netns exec`.
 
-use serde_json::Value;
-
 use super::*;
 
 /// Repeats are no-ops, conflicts and bad input are refused with one line,
@@ -17,12 +15,51 @@ fn idempotent_attach_and_refusals_leave_state_alone() {
     attach(&bed, &t1, UPLINK, "auto");
     let again = attach(&bed, &t1, UPLINK, "auto");
     assert!(again.contains("already attached"), "{again}");
-    let before = status(&bed);
+    let before = status_without_counters(&bed.pin_root, &bed.a);
 
     let p = |args: &[&str]| bed.pdscp(args);
     refused(
-        p(&["attach", "wg1", "--uplink", "up1", "--port", "51820"]),
-        "already attached to uplink up0",
+        p(&[
+            "attach",
+            "wg2",
+            "--uplink",
+            UPLINK,
+            "--port",
+            "51830",
+            "--priority-only",
+        ]),
+        "has no CAKE root qdisc",
+    );
+    refused(
+        p(&[
+            "attach",
+            "wg2",
+            "--uplink",
+            UPLINK,
+            "--port",
+            "51830",
+            "--fixed",
+            "cs1",
+            "--reflect",
+            "out",
+        ]),
+        "cannot be combined with --reflect",
+    );
+    refused(
+        p(&[
+            "attach",
+            "wg2",
+            "--uplink",
+            UPLINK,
+            "--any-port",
+            "--fixed",
+            "cs1",
+        ]),
+        "--fixed needs the tunnel's own port",
+    );
+    refused(
+        p(&["attach", "wg2", "--uplink", UPLINK, "--dscp-map", "46=99"]),
+        "is not a DSCP",
     );
     refused(
         p(&["attach", "wg2", "--uplink", UPLINK, "--port", "51820"]),
@@ -76,13 +113,8 @@ fn idempotent_attach_and_refusals_leave_state_alone() {
     assert!(ok(p(&["detach", "wg1", "--uplink", "up1"])).contains("not attached"));
 
     // Counters move with the namespaces' own background traffic; the rest must not.
-    let without_counters = |s: Value| without_uplink_fields(s, &["counters"]);
-    let after = status(&bed);
-    assert_eq!(
-        without_counters(before),
-        without_counters(after),
-        "refused commands changed nothing"
-    );
+    let after = status_without_counters(&bed.pin_root, &bed.a);
+    assert_eq!(before, after, "refused commands changed nothing");
     let cap = Capture::start(&bed.b, UPLINK);
     send_udp(&bed.a, t1.b_addr(false), 9000, 0xb8, 5);
     assert_marked(
@@ -98,7 +130,7 @@ fn refuses_without_privileges() {
     let bed = TestBed::new();
     let t = bed.add_vxlan("wg0", 100, 51820, Underlay::V4, 1);
     attach(&bed, &t, UPLINK, "auto");
-    let before = std::fs::read_dir(bed.pin_root.join(UPLINK)).unwrap().count();
+    let before = listing(&bed.pin_root);
     for args in [&["detach", "wg0"][..], &["status"]] {
         let out = std::process::Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups", pdscp_bin()])
@@ -109,10 +141,7 @@ fn refuses_without_privileges() {
             .unwrap();
         refused(out, "pdscp needs CAP_BPF and CAP_NET_ADMIN");
     }
-    assert_eq!(
-        std::fs::read_dir(bed.pin_root.join(UPLINK)).unwrap().count(),
-        before
-    );
+    assert_eq!(listing(&bed.pin_root), before);
     assert_eq!(status(&bed)["uplinks"][0]["tunnels"][0]["attached"], true);
 }
 

@@ -149,7 +149,7 @@ fn concurrent_commands_end_as_the_last_one_asked() {
                 .iter()
                 .any(|h| h.dev == dev && h.how == "tc" && h.prog_name == name && h.pref == pref)
         };
-        for (t, uplink, mode) in &tunnels {
+        for (t, _uplink, mode) in &tunnels {
             if *mode == "tc" {
                 assert_eq!(
                     filters(&t.name).contains("pdscp_reader"),
@@ -164,12 +164,7 @@ fn concurrent_commands_end_as_the_last_one_asked() {
                     t.name
                 );
             } else {
-                let link = bed
-                    .pin_root
-                    .join(uplink)
-                    .join("tunnels")
-                    .join(&t.name)
-                    .join("link");
+                let link = bed.pin_root.join("tunnels").join(&t.name).join("link");
                 assert_eq!(
                     link.exists(),
                     attached[&t.name],
@@ -186,7 +181,7 @@ fn concurrent_commands_end_as_the_last_one_asked() {
         // tcx uplink: the links of the pinned reader (bpftool) are exactly
         // the attached tunnels' (which device each is on: audit above).
         let tcx_attached = expected.get(UPLINK).map_or(0, |t| t.len());
-        let reader_pin = bed.pin_root.join(UPLINK).join("reader");
+        let reader_pin = bed.pin_root.join("progs").join("reader");
         let links_of_reader = if reader_pin.exists() {
             let out = run_cmd({
                 let mut c = Command::new("bpftool");

@@ -167,8 +167,9 @@ impl Drop for MemoryCgroup {
 /// directory before loading, and a load the kernel refused (here: a flow map
 /// beyond the memory limit; on a big-endian router, an object built for the
 /// wrong byte order) left it behind, so `status` showed a phantom uplink
-/// "DEVICE GONE, NOT ATTACHED" with an error until the next gc. A failed first
-/// attach must leave nothing, and touch no other uplink.
+/// "DEVICE GONE, NOT ATTACHED" with an error until the next gc. The load
+/// happens when a pin root's shared state is first made: a failed first
+/// attach must leave nothing in its pin root, and touch no other pin root.
 #[test]
 fn attach_that_fails_to_load_leaves_nothing() {
     let bed = two_uplinks();
@@ -177,24 +178,26 @@ fn attach_that_fails_to_load_leaves_nothing() {
     attach(&bed, &by, UPLINK, "auto");
     let before = status_without_counters(&bed.pin_root, &bed.a);
     let pins_before = listing(&bed.pin_root);
+    let fresh = Scratch::new(Path::new("/sys/fs/bpf"), "fresh-root");
+    let fresh_root = fresh.path().join("root");
 
     // 16M flow entries need about a gigabyte, the cgroup allows 128 MiB.
     let cgroup = MemoryCgroup::new(128 << 20);
     let mut args = attach_args(&t, UP1, "auto");
     args.extend(["--map-size".into(), "16777216".into()]);
-    let out = run_cmd(cgroup.wrap(&pdscp_cmd(&bed.pin_root, Some(&bed.a), &args)));
+    let out = run_cmd(cgroup.wrap(&pdscp_cmd(&fresh_root, Some(&bed.a), &args)));
     let err = refused(out, "loading the BPF programs");
     assert!(err.contains("Cannot allocate memory"), "{err}");
 
     assert!(
-        !bed.pin_root.join(UP1).exists(),
-        "{UP1}'s directory was left: {:?}",
-        listing(&bed.pin_root)
+        listing(&fresh_root).is_empty(),
+        "the failed attach left state: {:?}",
+        listing(&fresh_root)
     );
     assert_eq!(
         listing(&bed.pin_root),
         pins_before,
-        "the failed attach changed the pins"
+        "the failed attach changed another pin root"
     );
     assert_eq!(
         status_without_counters(&bed.pin_root, &bed.a),

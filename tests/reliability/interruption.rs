@@ -22,25 +22,37 @@ const REPAIRS: [Repair; 4] = [
     Repair::Gc,
 ];
 
-/// For every crash step of `mode`, on a victim tunnel that shares the
-/// bystander's uplink and on one with an uplink of its own (steps such as
-/// loading, the writer's link and unpinning happen only on a fresh or last
-/// uplink): crash there, send through the bystander right away, repair with
-/// the next command (attach again / detach / status then gc / gc, in turn),
-/// check that no orphaned program, link or pin is left and that status
-/// agrees, send again, then attach the victim for good and check it marks.
-/// Every failed scenario is listed at the end.
+/// For every crash step of `mode`: on a victim tunnel that shares the
+/// bystander's uplink, on one with an uplink of its own, and on one alone in
+/// a pin root of its own (steps such as loading and unpinning happen only
+/// when the shared state is first made or last removed): crash there, send
+/// through the bystander right away, repair with the next command (attach
+/// again / detach / status then gc / gc, in turn), check that no orphaned
+/// program, link or pin is left and that status agrees, send again, then
+/// attach the victim for good and check it marks. Every failed scenario is
+/// listed at the end.
 fn interruptions(mode: &str) {
     let bed = two_uplinks();
+    let lone = TestBed::new();
     let by = bed.add_tunnel(&on("by0", 300, 42000, UPLINK, A_V4, B_V4, 1), false);
     let victims = [
         (
+            &bed,
             bed.add_tunnel(&on("vic0", 301, 42010, UPLINK, A_V4, B_V4, 2), false),
             UPLINK,
+            Some(&by),
         ),
         (
+            &bed,
             bed.add_tunnel(&on("vic1", 302, 42020, UP1, A1_V4, B1_V4, 3), false),
             UP1,
+            Some(&by),
+        ),
+        (
+            &lone,
+            lone.add_tunnel(&on("vic2", 303, 42030, UPLINK, A_V4, B_V4, 4), false),
+            UPLINK,
+            None,
         ),
     ];
     attach(&bed, &by, UPLINK, mode);
@@ -55,13 +67,19 @@ fn interruptions(mode: &str) {
     let mut failures = Vec::new();
     let mut repairs = REPAIRS.iter().cycle();
     for step in CRASH_STEPS.iter().filter(|s| step_applies(s, mode)) {
-        for (vic, uplink) in &victims {
+        for (bed, vic, uplink, by) in &victims {
+            let bed: &TestBed = bed;
+            let bystanders: Vec<&Tunnel> = by.iter().copied().collect();
+            let before = match by {
+                Some(_) => only_by.clone(),
+                None => Attached::new(),
+            };
             let what = format!("{mode} {step} ({} on {uplink})", vic.name);
             // One scenario; a failure is recorded and the next one goes on.
             let scenario = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 let is_detach = step.starts_with("detach:");
                 if is_detach {
-                    attach(&bed, vic, uplink, mode);
+                    attach(bed, vic, uplink, mode);
                     commands += 1;
                 }
                 let args = if is_detach {
@@ -69,32 +87,37 @@ fn interruptions(mode: &str) {
                 } else {
                     attach_args(vic, uplink, mode)
                 };
-                let out = pd_crash(&bed, step, &args);
+                let out = pd_crash(bed, step, &args);
                 commands += 1;
                 if !crashed(&out) {
                     // This command does not pass the step here (e.g. nothing
-                    // to load on an uplink in use): it must simply have worked.
+                    // to load while other tunnels are attached): it must
+                    // simply have worked.
                     ok(out);
-                    detach(&bed, vic);
+                    detach(bed, vic);
                     commands += 1;
-                    assert_state(&bed, &only_by, &format!("{what}: not reached"));
+                    assert_state(bed, &before, &format!("{what}: not reached"));
                     return None;
                 }
                 injected += 1;
                 hit.insert(*step);
 
-                let w = wire(&bed, &[UPLINK, UP1]);
+                let w = match by {
+                    Some(_) => wire(bed, &[UPLINK, UP1]),
+                    None => wire(bed, &[UPLINK]),
+                };
+
                 // Right after the crash, before any repair.
-                send_ef(&bed, &[&by], 9101, 3);
+                send_ef(bed, &bystanders, 9101, 3);
                 let repair = *repairs.next().expect("cycle");
                 let what = format!("{what}, repaired by {repair:?}");
                 match repair {
                     Repair::AttachAgain => {
-                        let msg = attach(&bed, vic, uplink, mode);
+                        let msg = attach(bed, vic, uplink, mode);
                         assert!(msg.contains("attached"), "{what}: {msg}");
                     }
                     Repair::Detach => {
-                        detach(&bed, vic);
+                        detach(bed, vic);
                     }
                     Repair::StatusThenGc => {
                         let text = ok(bed.pdscp(&["status", "--json"]));
@@ -109,7 +132,7 @@ fn interruptions(mode: &str) {
                 }
                 commands += 1;
                 let vic_attached = matches!(repair, Repair::AttachAgain);
-                let mut expected = only_by.clone();
+                let mut expected = before.clone();
                 if vic_attached {
                     expected
                         .entry(uplink.to_string())
@@ -118,18 +141,20 @@ fn interruptions(mode: &str) {
                 }
                 // Checked after the wire below, so a failure here still
                 // reports what the bystander's packets did.
-                let repaired = std::panic::catch_unwind(|| assert_state(&bed, &expected, &what));
-                send_ef(&bed, &[&by, vic], 9102, 3);
+                let repaired = std::panic::catch_unwind(|| assert_state(bed, &expected, &what));
+                let mut both = bystanders.clone();
+                both.push(vic);
+                send_ef(bed, &both, 9102, 3);
                 if repaired.is_ok() {
                     // The crashed tunnel attaches and marks.
-                    attach(&bed, vic, uplink, mode);
+                    attach(bed, vic, uplink, mode);
                     commands += 1;
                     expected
                         .entry(uplink.to_string())
                         .or_default()
                         .insert(vic.name.clone());
-                    assert_state(&bed, &expected, &format!("{what}: final attach"));
-                    send_ef(&bed, &[&by, vic], 9103, 3);
+                    assert_state(bed, &expected, &format!("{what}: final attach"));
+                    send_ef(bed, &both, 9103, 3);
                 }
                 let frames = w.stop();
                 let dports: &[u16] = if repaired.is_ok() {
@@ -137,21 +162,30 @@ fn interruptions(mode: &str) {
                 } else {
                     &[9101, 9102]
                 };
-                for &dport in dports {
-                    let pkts = flow(&frames, &by, dport);
-                    bystander_packets += 3;
-                    bystander_lost +=
-                        3 - pkts.len().min(3) + pkts.iter().filter(|p| p.outer_dscp() != 46).count();
-                    expect_marked(&frames, &by, dport, 3, &format!("{what}: bystander"));
+                for by in &bystanders {
+                    for &dport in dports {
+                        let pkts = flow(&frames, by, dport);
+                        bystander_packets += 3;
+                        bystander_lost +=
+                            3 - pkts.len().min(3) + pkts.iter().filter(|p| p.outer_dscp() != 46).count();
+                        expect_marked(&frames, by, dport, 3, &format!("{what}: bystander"));
+                    }
                 }
                 if let Err(e) = repaired {
                     std::panic::resume_unwind(e);
                 }
                 expect_marked_iff(&frames, vic, 9102, 3, vic_attached, &what);
                 expect_marked(&frames, vic, 9103, 3, &format!("{what}: re-attached"));
-                detach(&bed, vic);
+                detach(bed, vic);
                 commands += 1;
-                assert_state(&bed, &only_by, &format!("{what}: victim detached"));
+                assert_state(bed, &before, &format!("{what}: victim detached"));
+                if by.is_none() {
+                    assert!(
+                        listing(&bed.pin_root).is_empty(),
+                        "{what}: the last detach leaves an empty pin root: {:?}",
+                        listing(&bed.pin_root)
+                    );
+                }
                 Some(repair)
             }));
             if let Err(e) = scenario {
@@ -165,7 +199,7 @@ fn interruptions(mode: &str) {
                 for args in [&["gc"][..], &["detach", &vic.name], &["gc"]] {
                     let _ = bed.pdscp(args);
                 }
-                assert_state(&bed, &only_by, &format!("{what}: cleaning up after a failure"));
+                assert_state(bed, &before, &format!("{what}: cleaning up after a failure"));
             }
         }
     }

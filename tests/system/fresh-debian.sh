@@ -143,14 +143,14 @@ unmarked() {
 
 # attached wgN: pdscp's pins for the tunnel under the uplink it found.
 attached() {
-    [[ -d $PIN_ROOT/$UPLINK/tunnels/$1 ]] || { pdscp status; return 1; }
+    [[ -d $PIN_ROOT/tunnels/$1 ]] || { pdscp status; return 1; }
     pdscp status | grep -q "$1"
 }
 
 # nothing_left: no tunnel attached, so the uplink's pins and program are gone
 # too, and no filter of pdscp's is left on it.
 nothing_left() {
-    [[ ! -e $PIN_ROOT/$UPLINK ]] || { ls -R "$PIN_ROOT"; return 1; }
+    [[ ! -e $PIN_ROOT/uplinks/$UPLINK && ! -e $PIN_ROOT/stamp ]] || { ls -R "$PIN_ROOT"; return 1; }
     ! tc filter show dev "$UPLINK" egress | grep -q pdscp
 }
 

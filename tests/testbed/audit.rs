@@ -17,11 +17,12 @@ use super::library::tcx_state;
 use super::namespaces::Netns;
 use super::pdscp::status;
 
-/// A BPF program on a device's egress in one namespace.
+/// A BPF program on a device's egress or ingress in one namespace.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Hook {
     pub dev: String,
-    /// "tc" (a cls_bpf filter at priority `pref`) or "tcx".
+    /// "tc" (a cls_bpf filter at priority `pref`) or "tcx", on egress;
+    /// "tc ingress" and "tcx ingress" on ingress.
     pub how: &'static str,
     pub pref: u64,
     pub prog_id: u32,
@@ -51,6 +52,11 @@ pub fn prog_name(id: u32) -> String {
 
 /// The programs on TCX egress of `ifindex` in the calling thread's namespace.
 pub fn tcx_prog_ids(ifindex: u32) -> Vec<u32> {
+    tcx_prog_ids_at(ifindex, libbpf_sys::BPF_TCX_EGRESS)
+}
+
+/// The programs on a TCX hook (egress or ingress) of `ifindex`.
+fn tcx_prog_ids_at(ifindex: u32, hook: libbpf_sys::bpf_attach_type) -> Vec<u32> {
     let mut ids = [0u32; 64];
     let mut opts = libbpf_sys::bpf_prog_query_opts {
         sz: std::mem::size_of::<libbpf_sys::bpf_prog_query_opts>() as _,
@@ -59,8 +65,7 @@ pub fn tcx_prog_ids(ifindex: u32) -> Vec<u32> {
     };
     opts.__bindgen_anon_1.count = ids.len() as u32;
     // SAFETY: `opts` points at `ids`, which holds `count` entries.
-    let ret =
-        unsafe { libbpf_sys::bpf_prog_query_opts(ifindex as i32, libbpf_sys::BPF_TCX_EGRESS, &mut opts) };
+    let ret = unsafe { libbpf_sys::bpf_prog_query_opts(ifindex as i32, hook, &mut opts) };
     if ret < 0 {
         return Vec::new(); // The device went away meanwhile.
     }
@@ -69,19 +74,26 @@ pub fn tcx_prog_ids(ifindex: u32) -> Vec<u32> {
     ids[..n.min(ids.len())].to_vec()
 }
 
-/// Every BPF program on the egress of every device of `ns` (cls_bpf filters
-/// and TCX programs), with the devices.
+/// Every BPF program on the egress and ingress of every device of `ns`
+/// (cls_bpf filters and TCX programs), with the devices.
 pub fn hooks(ns: &Netns) -> (BTreeMap<String, u32>, Vec<Hook>) {
     let devs = devices(ns);
     let script: String = devs
         .keys()
-        .map(|d| format!("echo '== {d}'; tc -j filter show dev '{d}' egress 2>/dev/null; echo; "))
+        .flat_map(|d| {
+            ["egress", "ingress"].map(|dir| {
+                format!("echo '== {d} {dir}'; tc -j filter show dev '{d}' {dir} 2>/dev/null; echo; ")
+            })
+        })
         .collect();
     let mut hooks = Vec::new();
     let mut dev = String::new();
+    let mut ingress = false;
     for line in ns.sh(&script).lines() {
         if let Some(d) = line.strip_prefix("== ") {
+            let (d, dir) = d.rsplit_once(' ').expect("== DEV DIR");
             dev = d.to_string();
+            ingress = dir == "ingress";
             continue;
         }
         if line.trim().is_empty() {
@@ -92,7 +104,7 @@ pub fn hooks(ns: &Netns) -> (BTreeMap<String, u32>, Vec<Hook>) {
             if let Some(prog) = f.pointer("/options/prog") {
                 hooks.push(Hook {
                     dev: dev.clone(),
-                    how: "tc",
+                    how: if ingress { "tc ingress" } else { "tc" },
                     pref: f["pref"].as_u64().unwrap_or(0),
                     prog_id: prog["id"].as_u64().expect("prog id") as u32,
                     prog_name: prog["name"].as_str().unwrap_or("").to_string(),
@@ -103,13 +115,22 @@ pub fn hooks(ns: &Netns) -> (BTreeMap<String, u32>, Vec<Hook>) {
     let list: Vec<(String, u32)> = devs.clone().into_iter().collect();
     let tcx = ns.run_in("tcx query", move || {
         list.into_iter()
-            .flat_map(|(d, i)| tcx_prog_ids(i).into_iter().map(move |id| (d.clone(), id)))
+            .flat_map(|(d, i)| {
+                let egress = tcx_prog_ids(i).into_iter().map(|id| (false, id));
+                let ingress = tcx_prog_ids_at(i, libbpf_sys::BPF_TCX_INGRESS)
+                    .into_iter()
+                    .map(|id| (true, id));
+                egress
+                    .chain(ingress)
+                    .map(move |(on_ingress, id)| (d.clone(), on_ingress, id))
+                    .collect::<Vec<_>>()
+            })
             .collect::<Vec<_>>()
     });
-    for (dev, prog_id) in tcx {
+    for (dev, on_ingress, prog_id) in tcx {
         hooks.push(Hook {
             dev,
-            how: "tcx",
+            how: if on_ingress { "tcx ingress" } else { "tcx" },
             pref: 0,
             prog_id,
             prog_name: prog_name(prog_id),
@@ -136,23 +157,89 @@ pub fn map_len(pin: &Path) -> Option<usize> {
     MapHandle::from_pinned_path(pin).ok().map(|m| m.keys().count())
 }
 
-/// Slots of the pinned dev_slots array in use (role byte set).
-pub fn used_slots(pin: &Path) -> Option<usize> {
+/// Every value of a pinned array map, by index.
+fn array_values(pin: &Path) -> Option<Vec<Vec<u8>>> {
     let map = MapHandle::from_pinned_path(pin).ok()?;
     let max = libbpf_rs::MapInfo::new(map.as_fd()).ok()?.info.max_entries;
-    let mut used = 0;
-    for i in 0..max {
-        let value = map.lookup(&i.to_ne_bytes(), MapFlags::ANY).ok()??;
-        used += usize::from(value[0] != 0);
-    }
-    Some(used)
+    (0..max)
+        .map(|i| map.lookup(&i.to_ne_bytes(), MapFlags::ANY).ok().flatten())
+        .collect()
 }
 
-/// Bits set in the pinned port bitmap.
+/// Entries of the pinned `devices` array in use (a role byte set).
+pub fn used_slots(pin: &Path) -> Option<usize> {
+    Some(array_values(pin)?.iter().filter(|v| v[0] != 0).count())
+}
+
+/// Ports with a tunnel in the pinned `ports` blocks (256 u16 slots each;
+/// slot 0 of block 0 counts --any-port tunnels and is not a port).
 pub fn port_bits(pin: &Path) -> Option<usize> {
-    let map = MapHandle::from_pinned_path(pin).ok()?;
-    let value = map.lookup(&0u32.to_ne_bytes(), MapFlags::ANY).ok()??;
-    Some(value.iter().map(|b| b.count_ones() as usize).sum())
+    let blocks = array_values(pin)?;
+    let mut n = 0;
+    for (b, block) in blocks.iter().enumerate() {
+        for (i, slot) in block.chunks_exact(2).enumerate() {
+            if (b, i) != (0, 0) && u16::from_ne_bytes([slot[0], slot[1]]) != 0 {
+                n += 1;
+            }
+        }
+    }
+    Some(n)
+}
+
+/// A record read from the pinned `tunnels` map, decoded here by hand
+/// (bpf/pdscp.h, struct tunnel_rec) so the audit does not trust pdscp's codec.
+#[derive(Clone, Debug)]
+pub struct TunnelPin {
+    pub slot: usize,
+    pub name: String,
+    pub ifindex: u32,
+    /// Uplink slots it is attached to.
+    pub uplinks: Vec<usize>,
+    pub reader_mode: u8,
+    pub ingress_mode: u8,
+}
+
+fn c_name(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(&bytes[..bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len())]).into_owned()
+}
+
+/// The tunnels recorded under `root` (flags byte 136 has TUNNEL_IN_USE).
+pub fn tunnel_pins(root: &Path) -> Vec<TunnelPin> {
+    let values = array_values(&root.join("maps/tunnels")).unwrap_or_default();
+    values
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.len() == 168 && v[136] & 1 != 0)
+        .map(|(slot, v)| TunnelPin {
+            slot,
+            name: c_name(&v[152..168]),
+            ifindex: u32::from_ne_bytes([v[140], v[141], v[142], v[143]]),
+            uplinks: (0..32).filter(|u| v[2 * u] != 0 || v[2 * u + 1] != 0).collect(),
+            reader_mode: v[146],
+            ingress_mode: v[147],
+        })
+        .collect()
+}
+
+/// The uplinks recorded under `root`: slot -> (name, ifindex).
+pub fn uplink_pins(root: &Path) -> BTreeMap<usize, (String, u32)> {
+    let values = array_values(&root.join("maps/uplinks")).unwrap_or_default();
+    values
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.len() == 96 && v[0] != 0)
+        .map(|(slot, v)| {
+            (
+                slot,
+                (c_name(&v[80..96]), u32::from_ne_bytes([v[4], v[5], v[6], v[7]])),
+            )
+        })
+        .collect()
+}
+
+/// The device a directory of the layout is named for ('.' is spelt ':').
+fn device_of(dir: &str) -> String {
+    dir.replace(':', ".")
 }
 
 /// uplink -> its attached tunnels.
@@ -166,15 +253,16 @@ pub fn attached_map(entries: &[(&str, &[&str])]) -> Attached {
         .collect()
 }
 
-/// Checks pdscp's pins under `root` against what the kernel runs in `ns`,
-/// and returns uplink -> tunnels. Fails on: an uplink directory without
-/// tunnels or without its programs; a writer that does not run on its
-/// uplink; a tunnel directory whose reader does not run on the device; a
-/// pinned link that is defunct or on another device or program; a pdscp
-/// program on any device of `ns` that the pins do not account for (stale,
-/// orphaned or twice); a TCX link of the pinned programs anywhere that is
-/// not on an accounted device; registry entries (`ifaces`, `ports`) beyond
-/// the attached devices.
+/// Checks pdscp's pins under `root` (docs/state.md) against what the kernel
+/// runs in `ns`, and returns uplink -> tunnels. Fails on: objects without a
+/// stamp or the other way round; an uplink or tunnel directory without its
+/// record, or a record without its directory; an uplink without tunnels; a
+/// writer, reader or ingress program that does not run where its record
+/// says; a pinned link that is defunct or on another device or program; a
+/// pdscp program on any device of `ns` that the records do not account for
+/// (stale, orphaned or twice); a TCX link of the pinned programs that is not
+/// on an accounted device; index entries (`devices`, `ports`) beyond the
+/// attached devices.
 pub fn audit_at(ns: &Netns, root: &Path) -> Result<Attached, String> {
     let (devs, hooks) = hooks(ns);
     let mut problems = Vec::new();
@@ -193,58 +281,118 @@ pub fn audit_at(ns: &Netns, root: &Path) -> Result<Attached, String> {
             )),
         }
     };
-    for uplink in dir_names(root) {
-        let dir = root.join(&uplink);
-        if !dir.is_dir() {
-            problems.push(format!("{}: not a directory", dir.display()));
-            continue;
+    let stamped = root.join("stamp").exists();
+    let programs: Vec<Option<u32>> = ["reader", "writer", "ingress"]
+        .iter()
+        .map(|p| prog_id_at(&root.join("progs").join(p)))
+        .collect();
+    let uplink_dirs: BTreeSet<String> = dir_names(&root.join("uplinks"))
+        .into_iter()
+        .map(|d| device_of(&d))
+        .collect();
+    let tunnel_dirs: BTreeSet<String> = dir_names(&root.join("tunnels"))
+        .into_iter()
+        .map(|d| device_of(&d))
+        .collect();
+    let tunnels = tunnel_pins(root);
+    let uplinks = uplink_pins(root);
+    if !stamped {
+        if root.join("maps").exists()
+            || root.join("progs").exists()
+            || !uplink_dirs.is_empty()
+            || !tunnel_dirs.is_empty()
+        {
+            problems.push("objects or directories without a stamp".to_string());
         }
-        let tunnels = dir_names(&dir.join("tunnels"));
-        if tunnels.is_empty() {
-            problems.push(format!("{uplink}: uplink directory without tunnels"));
-        }
-        let (Some(reader), Some(writer)) = (prog_id_at(&dir.join("reader")), prog_id_at(&dir.join("writer")))
-        else {
-            problems.push(format!("{uplink}: reader or writer not pinned"));
-            continue;
-        };
-        ours.extend([reader, writer]);
+    } else if let [Some(reader), Some(writer), Some(ingress)] = programs[..] {
+        ours.extend([reader, writer, ingress]);
         let runs = |dev: &str, id: u32| hooks.iter().any(|h| h.dev == dev && h.prog_id == id);
-        if runs(&uplink, writer) {
-            accounted.insert((uplink.clone(), writer));
-        } else {
-            problems.push(format!("{uplink}: its writer (prog {writer}) does not run on it"));
-        }
-        check_link(&dir.join("link"), &uplink, writer, &mut problems);
-        for t in &tunnels {
-            if runs(t, reader) {
-                accounted.insert((t.clone(), reader));
+        for (slot, (name, _)) in &uplinks {
+            if !uplink_dirs.contains(name) {
+                problems.push(format!("uplink {name}: recorded, but no directory"));
+            }
+            let on: BTreeSet<String> = tunnels
+                .iter()
+                .filter(|t| t.uplinks.contains(slot))
+                .map(|t| t.name.clone())
+                .collect();
+            if on.is_empty() {
+                problems.push(format!("{name}: uplink without tunnels"));
+            }
+            if runs(name, writer) {
+                accounted.insert((name.clone(), writer));
             } else {
-                problems.push(format!(
-                    "{uplink}/tunnels/{t}: pinned, but its reader (prog {reader}) does not run on {t}"
-                ));
+                problems.push(format!("{name}: its writer (prog {writer}) does not run on it"));
             }
             check_link(
-                &dir.join("tunnels").join(t).join("link"),
-                t,
-                reader,
+                &root.join("uplinks").join(name.replace('.', ":")).join("link"),
+                name,
+                writer,
                 &mut problems,
             );
+            state.insert(name.clone(), on);
         }
-        // The registry has the uplink and its tunnels; the programs' copies
-        // agree: a slot per device, a port bit per tunnel (ports are distinct here).
-        let registry = (
-            map_len(&dir.join("ifaces")),
-            used_slots(&dir.join("dev_slots")),
-            port_bits(&dir.join("ports")),
+        for dir in &uplink_dirs {
+            if !uplinks.values().any(|(n, _)| n == dir) {
+                problems.push(format!("uplinks/{dir}: a directory without a record"));
+            }
+        }
+        for t in &tunnels {
+            if !tunnel_dirs.contains(&t.name) {
+                problems.push(format!("tunnel {}: recorded, but no directory", t.name));
+            }
+            for u in &t.uplinks {
+                if !uplinks.contains_key(u) {
+                    problems.push(format!(
+                        "tunnel {}: attached to uplink slot {u}, which is not recorded",
+                        t.name
+                    ));
+                }
+            }
+            let dir = root.join("tunnels").join(t.name.replace('.', ":"));
+            for (mode, prog, pin) in [
+                (t.reader_mode, reader, "link"),
+                (t.ingress_mode, ingress, "ingress"),
+            ] {
+                if mode == 0 {
+                    continue;
+                }
+                if runs(&t.name, prog) {
+                    accounted.insert((t.name.clone(), prog));
+                } else {
+                    problems.push(format!(
+                        "tunnel {}: recorded, but prog {prog} does not run on it",
+                        t.name
+                    ));
+                }
+                check_link(&dir.join(pin), &t.name, prog, &mut problems);
+            }
+        }
+        for dir in &tunnel_dirs {
+            if !tunnels.iter().any(|t| &t.name == dir) {
+                problems.push(format!("tunnels/{dir}: a directory without a record"));
+            }
+        }
+        // The programs' indexes agree with the records: one device entry per
+        // attached device, one port per tunnel (ports are distinct here).
+        let devices: BTreeSet<u32> = tunnels
+            .iter()
+            .map(|t| t.ifindex)
+            .chain(uplinks.values().map(|(_, i)| *i))
+            .collect();
+        let indexes = (
+            used_slots(&root.join("maps/devices")),
+            port_bits(&root.join("maps/ports")),
         );
-        let n = tunnels.len();
-        if registry != (Some(n + 1), Some(n + 1), Some(n)) {
+        if indexes != (Some(devices.len()), Some(tunnels.len())) {
             problems.push(format!(
-                "{uplink}: registry (ifaces, dev_slots, port bits) = {registry:?} for {n} tunnels"
+                "indexes (devices, ports) = {indexes:?} for {} devices, {} tunnels",
+                devices.len(),
+                tunnels.len()
             ));
         }
-        state.insert(uplink, tunnels);
+    } else {
+        problems.push(format!("stamped, but programs pinned: {programs:?}"));
     }
     for h in &hooks {
         if h.prog_name.starts_with("pdscp_") && !accounted.contains(&(h.dev.clone(), h.prog_id)) {
@@ -260,7 +408,7 @@ pub fn audit_at(ns: &Netns, root: &Path) -> Result<Attached, String> {
     // Every TCX link of these programs, in any namespace, is one of the above.
     let tcx_hooks = hooks
         .iter()
-        .filter(|h| h.how == "tcx" && ours.contains(&h.prog_id))
+        .filter(|h| h.how.starts_with("tcx") && ours.contains(&h.prog_id))
         .count();
     let links: Vec<_> = LinkInfoIter::default()
         .filter(|l| ours.contains(&l.prog_id))

@@ -203,7 +203,14 @@ pub fn without_uplink_fields(mut s: Value, keys: &[&str]) -> Value {
 
 /// `status --json` without what background traffic moves (counters, flow count).
 pub fn status_without_counters(root: &Path, ns: &Netns) -> Value {
-    without_uplink_fields(status_at(root, ns), &["counters", "map_entries"])
+    let mut s = without_uplink_fields(status_at(root, ns), &["counters", "map_entries"]);
+    for t in s["tunnels"].as_array_mut().into_iter().flatten() {
+        t.as_object_mut().expect("tunnel").remove("counters");
+    }
+    if let Some(flows) = s["flows"].as_object_mut() {
+        flows.remove("entries");
+    }
+    s
 }
 
 /// The uplink `name` in a status report.

@@ -71,6 +71,14 @@ fn detach_after_ip_link_del() {
     bed.a.sh("ip link del wg1");
     let msg = ok(bed.pdscp(&["detach", "wg1"]));
     assert!(msg.contains("uplink released"), "{msg}");
-    assert!(!bed.pin_root.join(UPLINK).exists(), "uplink pins removed");
+    assert!(
+        !bed.pin_root.join("uplinks").join(UPLINK).exists(),
+        "uplink pins removed"
+    );
+    assert!(
+        listing(&bed.pin_root).is_empty(),
+        "nothing left: {:?}",
+        listing(&bed.pin_root)
+    );
     assert_eq!(status(&bed)["uplinks"].as_array().map(Vec::len), Some(0));
 }

@@ -128,14 +128,18 @@ fn attach_into(cur: &mut Current, plan: &AttachPlan, out: &mut Vec<String>) -> R
         },
         _ => None,
     };
-    // A new tunnel takes its first uplink's mode unless told otherwise.
-    let asked = request.mode.or(slots.first().map(|(_, m)| *m));
-    let mode = rules::choose_mode(
-        asked,
-        live_mode,
-        live_mode.is_some() || hook::tcx_available(),
-        &format!("tunnel {}", tunnel.name),
-    )?;
+    // A new tunnel takes its first uplink's mode unless told otherwise; a
+    // tunnel keeps its own (its uplinks may differ).
+    let mode = match (request.mode, live_mode, slots.first()) {
+        (None, None, Some((_, first))) => *first,
+        (asked, live, _) => rules::choose_mode(
+            asked,
+            live,
+            live.is_some() || hook::tcx_available(),
+            &format!("tunnel {}", tunnel.name),
+        )?,
+    };
+
     check_nesting(cur, &tunnel.name, mode, &plan.uplinks)?;
 
     let slot = match &existing {

@@ -96,12 +96,15 @@ impl Registry {
         self.tunnels().filter(move |(_, r)| r.links.contains_key(&slot))
     }
 
-    /// The names of the uplinks a tunnel is attached to.
+    /// The names of the uplinks a tunnel is attached to, sorted.
     pub fn uplink_names(&self, rec: &TunnelRecord) -> Vec<String> {
-        rec.links
+        let mut names: Vec<String> = rec
+            .links
             .keys()
             .filter_map(|slot| Some(self.uplink_at(*slot)?.name.clone()))
-            .collect()
+            .collect();
+        names.sort();
+        names
     }
 
     /// The recorded tunnel whose outer packets leave from this port.

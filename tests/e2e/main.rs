@@ -10,6 +10,7 @@
 #[path = "../testbed/mod.rs"]
 mod testbed;
 
+mod failover;
 mod lifecycle;
 mod marking;
 mod refusals;

@@ -30,6 +30,7 @@ mod gc;
 mod input;
 mod interruption;
 mod security;
+mod upgrade;
 
 use std::ffi::OsStr;
 use std::net::Ipv4Addr;

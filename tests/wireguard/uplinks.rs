@@ -58,16 +58,19 @@ fn l3_uplink_wireguard_in_wireguard() {
         assert_eq!(status(&bed)["uplinks"].as_array().map(Vec::len), Some(0));
     }
 
-    // wg0 goes away: it was a tunnel (of up0) and an uplink (of wg1). Both
-    // detach without it, and nothing is left behind.
+    // wg0 goes away: it was a tunnel (of up0) and an uplink (of wg1). wg1
+    // detaches without it, the repair that comes with it releases wg0, and
+    // nothing is left behind.
     ok(bed.pdscp(&["attach", "wg1"]));
     ok(bed.pdscp(&["attach", "wg0"]));
     bed.a.sh("ip link del wg0");
     let s = status(&bed);
     assert_eq!(uplink(&s, "wg0")["present"], false, "{s:#}");
     assert_eq!(tunnel(&s, UPLINK, "wg0")["present"], false, "{s:#}");
-    assert!(ok(bed.pdscp(&["detach", "wg1"])).contains("uplink released"));
-    assert!(ok(bed.pdscp(&["detach", "wg0"])).contains("uplink released"));
+    let msg = ok(bed.pdscp(&["detach", "wg1"]));
+    assert!(msg.contains("wg1: detached from wg0"), "{msg}");
+    assert!(msg.contains("wg0: released (device gone"), "{msg}");
+    assert!(ok(bed.pdscp(&["detach", "wg0"])).contains("not attached"));
     assert_eq!(status(&bed)["uplinks"].as_array().map(Vec::len), Some(0));
     assert_eq!(
         std::fs::read_dir(&bed.pin_root).map(|d| d.count()).unwrap_or(0),

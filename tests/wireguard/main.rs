@@ -24,6 +24,7 @@ mod flows;
 mod outer;
 
 mod attach;
+mod failover;
 mod lifecycle;
 mod marking;
 mod uplinks;

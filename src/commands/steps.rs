@@ -4,8 +4,8 @@
 use anyhow::{bail, Context, Result};
 
 use super::{rules, upgrade};
-use crate::kernel::hook;
 use crate::kernel::iface::{self, Iface};
+use crate::kernel::{features, hook};
 use crate::maps;
 use crate::model::{CakeTins, Mode, Program, UplinkRecord};
 use crate::state::layout::Layout;
@@ -51,6 +51,7 @@ pub fn create_current(root: &PinRoot, sizes: Sizes, out: &mut Vec<String>) -> Re
         return Ok(current);
     }
     let layout = root.layout();
+    features::check()?;
     let objects = match Objects::create(&layout, sizes, &version::mine(iface::current_netns()?)) {
         Ok(objects) => objects,
         Err(e) => {

@@ -154,7 +154,12 @@ impl Hook {
         self.ensure_no_classic_ingress()?;
         let mut hook = self.tc_hook(prog);
         // Creates clsact only if the device has none (EEXIST is success).
-        hook.create().context("creating the clsact qdisc")?;
+        if let Err(e) = hook.create() {
+            if matches!(os_error(&e), Some(libc::EOPNOTSUPP) | Some(libc::ENOENT)) {
+                bail!("this kernel has no clsact qdisc (CONFIG_NET_SCH_INGRESS), which tc mode needs");
+            }
+            return Err(e).context("creating the clsact qdisc");
+        }
         crash_point(Step::ClsactReady);
         hook.replace(true).attach().context("attaching a tc filter")?;
         Ok(())

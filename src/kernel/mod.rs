@@ -2,6 +2,7 @@
 //! and objects, network devices, routes, WireGuard devices, netlink,
 //! network namespaces and privileges. Nothing here knows pdscp's state.
 pub mod bpf;
+pub mod features;
 pub mod hook;
 pub mod iface;
 pub mod netlink;

@@ -164,3 +164,37 @@ fn refuses_inside_ip_netns_exec() {
         refused(out, "use `pdscp --netns NAME` instead");
     }
 }
+
+/// A kernel older than the minimum is refused in one line before anything
+/// is loaded or pinned (PDSCP_TEST_KERNEL_RELEASE stands in for an old one).
+#[test]
+fn refuses_a_kernel_older_than_5_10() {
+    let bed = TestBed::new();
+    bed.add_vxlan("wg0", 100, 51820, Underlay::V4, 1);
+    for old in ["5.4.0-150-generic", "4.19.0"] {
+        let mut cmd = pdscp_cmd(
+            &bed.pin_root,
+            Some(&bed.a),
+            &["attach", "wg0", "--uplink", UPLINK, "--port", "51820"],
+        );
+        cmd.env("PDSCP_TEST_KERNEL_RELEASE", old);
+        let msg = refused(
+            run_cmd(cmd),
+            &format!("pdscp needs Linux 5.10 or newer; this kernel is {old}"),
+        );
+        assert_eq!(msg.trim().lines().count(), 1, "{msg}");
+        assert!(
+            listing(&bed.pin_root).is_empty(),
+            "{old}: {:?}",
+            listing(&bed.pin_root)
+        );
+        assert!(pdscp_hooks(&bed.a).is_empty(), "{old}");
+    }
+    let mut cmd = pdscp_cmd(
+        &bed.pin_root,
+        Some(&bed.a),
+        &["attach", "wg0", "--uplink", UPLINK, "--port", "51820"],
+    );
+    cmd.env("PDSCP_TEST_KERNEL_RELEASE", "5.10.0-46-amd64");
+    ok(run_cmd(cmd));
+}

@@ -56,6 +56,7 @@ pub fn pdscp_cmd<S: AsRef<OsStr>>(root: &Path, ns: Option<&Netns>, args: &[S]) -
     let mut cmd = Command::new(pdscp_bin());
     cmd.env_remove("PDSCP_TEST_CRASH_AT")
         .env_remove("PDSCP_TEST_JOURNAL")
+        .env_remove("PDSCP_TEST_KERNEL_RELEASE")
         .env_remove("PDSCP_PIN_ROOT")
         .arg("--pin-root")
         .arg(root);

@@ -6,6 +6,7 @@ set -euo pipefail
 PACKAGES=(
     clang make pkg-config libelf-dev zlib1g-dev # build: BPF object + libbpf-sys
     iproute2 iputils-ping tcpdump bpftool       # tests and demo: namespaces, traffic, captures
+    nftables                                    # tests: NAT in front of a reflecting concentrator
     shellcheck busybox-static                   # lint (CI); busybox for the OpenWrt hook tests
 )
 

@@ -44,6 +44,7 @@ mod bed;
 mod capture;
 mod ethtool;
 mod files;
+mod internet;
 mod library;
 mod namespaces;
 mod packets;
@@ -54,6 +55,6 @@ mod traffic;
 // Each test crate uses some of these.
 #[allow(unused_imports)]
 pub use self::{
-    audit::*, bed::*, capture::*, ethtool::*, files::*, library::*, namespaces::*, packets::*, pdscp::*,
-    tc::*, traffic::*,
+    audit::*, bed::*, capture::*, ethtool::*, files::*, internet::*, library::*, namespaces::*, packets::*,
+    pdscp::*, tc::*, traffic::*,
 };

@@ -37,6 +37,22 @@ pub fn ensure_clsact(ns: &Netns, dev: &str) {
 /// the sink's peer drops the copies (wrong MAC). Capturing on
 /// [`COUNTER_SINK_PEER`] shows what the hook saw (e.g. GSO super-packets).
 pub fn tc_filter_add_counter(ns: &Netns, dev: &str, dir: TcDir, prio: u16) {
+    tc_filter_add_counter_matching(ns, dev, dir, prio, "protocol all u32 match u32 0 0");
+}
+
+/// The same, counting only IPv4 packets with DSCP `dscp`.
+pub fn tc_filter_add_dscp_counter(ns: &Netns, dev: &str, dir: TcDir, prio: u16, dscp: u8) {
+    let tos = dscp << 2;
+    tc_filter_add_counter_matching(
+        ns,
+        dev,
+        dir,
+        prio,
+        &format!("protocol ip u32 match ip dsfield {tos:#04x} 0xfc"),
+    );
+}
+
+fn tc_filter_add_counter_matching(ns: &Netns, dev: &str, dir: TcDir, prio: u16, selector: &str) {
     ensure_clsact(ns, dev);
     ns.sh(&format!(
         "set -e
@@ -47,7 +63,7 @@ pub fn tc_filter_add_counter(ns: &Netns, dev: &str, dir: TcDir, prio: u16) {
              ip link set {COUNTER_SINK} up
              ip link set {COUNTER_SINK_PEER} up
          fi
-         tc filter add dev {dev} {dir} prio {prio} protocol all u32 match u32 0 0 \
+         tc filter add dev {dev} {dir} prio {prio} {selector} \
             action mirred egress mirror dev {COUNTER_SINK} continue",
         dir = dir.as_str()
     ));
@@ -55,6 +71,15 @@ pub fn tc_filter_add_counter(ns: &Netns, dev: &str, dir: TcDir, prio: u16) {
 
 /// Packets counted by the filter at `prio` (0 if there is none any more).
 pub fn tc_filter_packets(ns: &Netns, dev: &str, dir: TcDir, prio: u16) -> u64 {
+    tc_filter_stat(ns, dev, dir, prio, "packets")
+}
+
+/// Bytes counted by the filter at `prio` (GRO packets count whole).
+pub fn tc_filter_bytes(ns: &Netns, dev: &str, dir: TcDir, prio: u16) -> u64 {
+    tc_filter_stat(ns, dev, dir, prio, "bytes")
+}
+
+fn tc_filter_stat(ns: &Netns, dev: &str, dir: TcDir, prio: u16, what: &str) -> u64 {
     let json = ns.sh(&format!(
         "tc -s -j filter show dev {dev} {} prio {prio}",
         dir.as_str()
@@ -65,7 +90,7 @@ pub fn tc_filter_packets(ns: &Netns, dev: &str, dir: TcDir, prio: u16) -> u64 {
         .flatten()
         .filter_map(|f| f.pointer("/options/actions")?.as_array())
         .flatten()
-        .filter_map(|a| a.pointer("/stats/packets")?.as_u64())
+        .filter_map(|a| a.pointer(&format!("/stats/{what}"))?.as_u64())
         .sum()
 }
 

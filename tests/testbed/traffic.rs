@@ -57,7 +57,7 @@ pub fn send_udp(ns: &Netns, dst: IpAddr, dport: u16, tos: u8, count: usize) -> u
 
 /// A TCP socket with TOS / traffic class set before connecting (so the SYN
 /// carries it too), connected to `dst` within [`STEP_TIMEOUT`].
-fn tcp_connect(dst: SocketAddr, tos: u8) -> TcpStream {
+pub fn tcp_connect(dst: SocketAddr, tos: u8) -> TcpStream {
     use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn, SockaddrIn6};
     let family = if dst.is_ipv6() {
         AddressFamily::Inet6

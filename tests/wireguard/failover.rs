@@ -36,20 +36,35 @@ fn two_uplinks() -> TestBed {
          ip route add {LO_B}/32 via {B_V4} dev {UPLINK} src {LO_A}
          ip route add {LO_B2}/32 via {B_V4} dev {UPLINK} src {LO_A}"
     ));
+    // b answers from LO_B2 by a table of its own, so each of b's two
+    // loopback addresses can have its own way back to LO_A.
     bed.b.sh(&format!(
         "set -e
          ip addr add {LO_B}/32 dev lo
          ip addr add {LO_B2}/32 dev lo
-         ip route add {LO_A}/32 via {A_V4} dev {UPLINK}"
+         ip route add {LO_A}/32 via {A_V4} dev {UPLINK} src {LO_B}
+         ip route add {LO_A}/32 via {A_V4} dev {UPLINK} src {LO_B2} table 102
+         ip rule add from {LO_B2} table 102"
     ));
     bed
 }
 
-/// Moves a's route to `dst` onto `uplink` (its source stays LO_A).
+/// Moves a's route to `dst` onto `uplink` (its source stays LO_A), and b's
+/// way back from `dst` to LO_A with it: WireGuard drops the source address
+/// it answers from when the route back leaves by another device than the
+/// peer's packets came in on, and a would then roam to that address.
 fn route_via(bed: &TestBed, dst: Ipv4Addr, uplink: &str) {
-    let gw = if uplink == UPLINK { B_V4 } else { UP1_B };
+    let (gw, back) = if uplink == UPLINK {
+        (B_V4, A_V4)
+    } else {
+        (UP1_B, UP1_A)
+    };
     bed.a.sh(&format!(
         "ip route replace {dst}/32 via {gw} dev {uplink} src {LO_A}"
+    ));
+    let table = if dst == LO_B { "main" } else { "102" };
+    bed.b.sh(&format!(
+        "ip route replace {LO_A}/32 via {back} dev {uplink} src {dst} table {table}"
     ));
 }
 

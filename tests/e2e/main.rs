@@ -13,6 +13,7 @@ mod testbed;
 mod failover;
 mod lifecycle;
 mod marking;
+mod policy;
 mod reflection;
 mod refusals;
 mod uplinks;

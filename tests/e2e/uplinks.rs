@@ -37,21 +37,10 @@ fn attach_finds_the_uplink() {
 #[test]
 fn l3_uplink_tun() {
     use std::io::Read;
-    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::fd::AsRawFd;
 
     let bed = TestBed::new();
-    let tun = bed.a.run_in("open tun0", || {
-        let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
-        assert!(fd >= 0, "open /dev/net/tun: {}", std::io::Error::last_os_error());
-        let file = unsafe { std::fs::File::from_raw_fd(fd) };
-        let mut ifr = [0u8; 40];
-        ifr[..4].copy_from_slice(b"tun0");
-        let flags = (libc::IFF_TUN | libc::IFF_NO_PI) as u16;
-        ifr[16..18].copy_from_slice(&flags.to_ne_bytes());
-        let ret = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, ifr.as_mut_ptr()) };
-        assert_eq!(ret, 0, "TUNSETIFF: {}", std::io::Error::last_os_error());
-        file
-    });
+    let tun = open_tun(&bed.a, "tun0");
     bed.a
         .sh("ip addr add 198.20.0.1/30 dev tun0 && ip link set tun0 up
          ip link add vx0 type vxlan id 7 local 198.20.0.1 remote 198.20.0.2 dstport 4789 srcport 40001 40002

@@ -1,21 +1,11 @@
 //! Collateral: other tools' filters, links and pins beside pdscp's survive it.
 
 use std::collections::BTreeMap;
-use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use libbpf_rs::libbpf_sys;
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{MapCore, MapFlags, MapHandle, ProgramHandle};
+use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
 use super::*;
-
-/// bpf/test_foreign.bpf.c: somebody else's TC program that counts packets.
-mod foreign_skel {
-    #![allow(clippy::all, dead_code, unused_imports, non_camel_case_types)]
-    include!(concat!(env!("OUT_DIR"), "/test_foreign.skel.rs"));
-}
 
 /// Somebody else's programs beside pdscp's: test_foreign as a cls_bpf filter
 /// (prio FOREIGN_PRIO) and as a pinned TCX link, each on the uplink's and the
@@ -49,46 +39,10 @@ impl Foreign {
             tunnel: tunnel.to_string(),
         };
         for (label, dev, hook) in f.hooks() {
-            let mut storage = MaybeUninit::uninit();
-            let open = foreign_skel::TestForeignSkelBuilder::default()
-                .open(&mut storage)
-                .expect("opening test_foreign");
-            let skel = open.load().expect("loading test_foreign");
-            let prog_pin = f.pin(label, "prog");
-            pin_fd(skel.progs.foreign_count.as_fd(), &prog_pin).expect("pin prog");
-            pin_fd(skel.maps.foreign_packets.as_fd(), &f.pin(label, "map")).expect("pin map");
+            let prog_pin = pin_foreign(f.dir.path(), label, ForeignProgram::Count);
             match hook {
-                ForeignHook::Cls => {
-                    ensure_clsact(&bed.a, dev);
-                    bed.a.sh(&format!(
-                        "tc filter add dev {dev} egress prio {FOREIGN_PRIO} handle 0x1 bpf object-pinned {} direct-action",
-                        prog_pin.display()
-                    ));
-                }
-                ForeignHook::Tcx => {
-                    let (dev, link_pin) = (dev.to_string(), f.pin(label, "link"));
-                    bed.a.run_in("foreign tcx", move || {
-                        let prog = ProgramHandle::from_pinned_path(&prog_pin).expect("foreign prog");
-                        let opts = libbpf_sys::bpf_link_create_opts {
-                            sz: std::mem::size_of::<libbpf_sys::bpf_link_create_opts>() as _,
-                            ..Default::default()
-                        };
-                        let ifindex = ifindex_here(&dev);
-                        // SAFETY: plain syscall wrapper; the result is checked.
-                        let fd = unsafe {
-                            libbpf_sys::bpf_link_create(
-                                prog.as_fd().as_raw_fd(),
-                                ifindex as i32,
-                                libbpf_sys::BPF_TCX_EGRESS,
-                                &opts,
-                            )
-                        };
-                        assert!(fd >= 0, "foreign TCX link on {dev}: errno {}", -fd);
-                        // SAFETY: a fresh descriptor nobody else owns.
-                        let link = unsafe { OwnedFd::from_raw_fd(fd) };
-                        pin_fd(link.as_fd(), &link_pin).expect("pin link");
-                    });
-                }
+                ForeignHook::Cls => add_foreign_filter(&bed.a, dev, FOREIGN_PRIO, &prog_pin),
+                ForeignHook::Tcx => add_foreign_tcx(&bed.a, dev, &prog_pin, &f.pin(label, "link")),
             }
         }
         tc_filter_add_counter(&bed.a, UPLINK, TcDir::Egress, COUNTER_PRIO);

@@ -33,3 +33,7 @@ pub fn step_applies(step: &str, mode: &str) -> bool {
 /// Priorities of pdscp's cls_bpf filters (writer, reader) in tc mode.
 pub const PDSCP_PRIO_WRITER: u64 = tc_priority(Program::Writer) as u64;
 pub const PDSCP_PRIO_READER: u64 = tc_priority(Program::Reader) as u64;
+
+/// The outer marks a `--dscp-map` SPEC gives each inner DSCP.
+#[allow(unused_imports)]
+pub use ::pdscp::policy::parse_dscp_map;

@@ -44,6 +44,7 @@ mod bed;
 mod capture;
 mod ethtool;
 mod files;
+mod foreign;
 mod internet;
 mod library;
 mod namespaces;
@@ -55,6 +56,6 @@ mod traffic;
 // Each test crate uses some of these.
 #[allow(unused_imports)]
 pub use self::{
-    audit::*, bed::*, capture::*, ethtool::*, files::*, internet::*, library::*, namespaces::*, packets::*,
-    pdscp::*, tc::*, traffic::*,
+    audit::*, bed::*, capture::*, ethtool::*, files::*, foreign::*, internet::*, library::*, namespaces::*,
+    packets::*, pdscp::*, tc::*, traffic::*,
 };

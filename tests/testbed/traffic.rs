@@ -1,11 +1,13 @@
-//! Traffic generators: marked UDP, TCP bulk transfers, pings, each bounded.
+//! Traffic generators: marked UDP, TCP bulk transfers, pings, each bounded;
+//! TUN devices and a userspace tunnel's stand-in.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::process::Output;
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
-use std::thread;
+use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use nix::sys::socket::{setsockopt, sockopt};
@@ -132,4 +134,80 @@ pub fn ping(ns: &Netns, dst: IpAddr, tos: u8, count: u32) -> Output {
     ns.try_sh(&format!(
         "ping {family} -n -q -Q {tos} -c {count} -i 0.2 -W 1 {dst}"
     ))
+}
+
+/// Opens TUN device `name` (creating it if needed) in `ns`: IP packets, no
+/// packet information header.
+pub fn open_tun(ns: &Netns, name: &str) -> std::fs::File {
+    use std::os::fd::FromRawFd;
+    let name = name.to_string();
+    ns.run_in("open tun", move || {
+        // SAFETY: a plain open(2); the result is checked.
+        let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+        assert!(fd >= 0, "open /dev/net/tun: {}", std::io::Error::last_os_error());
+        // SAFETY: a fresh descriptor nobody else owns.
+        let file = unsafe { std::fs::File::from_raw_fd(fd) };
+        let mut ifr = [0u8; 40];
+        ifr[..name.len()].copy_from_slice(name.as_bytes());
+        let flags = (libc::IFF_TUN | libc::IFF_NO_PI) as u16;
+        ifr[16..18].copy_from_slice(&flags.to_ne_bytes());
+        // SAFETY: ifr is an ifreq-sized buffer with the name and flags set.
+        let ret = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, ifr.as_mut_ptr()) };
+        assert_eq!(ret, 0, "TUNSETIFF: {}", std::io::Error::last_os_error());
+        file
+    })
+}
+
+/// A userspace tunnel's stand-in (wireguard-go, boringtun): a thread of
+/// `ns` that reads each packet from the TUN `tun` and sends it as the
+/// payload of a UDP datagram from `sport` to `dst`, until dropped.
+pub struct UserspaceTunnel {
+    stop: std::sync::Arc<AtomicBool>,
+    thread: Option<JoinHandle<usize>>,
+}
+
+impl UserspaceTunnel {
+    pub fn start(ns: &Netns, tun: std::fs::File, sport: u16, dst: SocketAddr) -> UserspaceTunnel {
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let sock = ns.run_in("userspace tunnel socket", move || {
+            let any: IpAddr = Ipv4Addr::UNSPECIFIED.into();
+            UdpSocket::bind((any, sport)).expect("binding the tunnel's port")
+        });
+        // SAFETY: fcntl on a descriptor this File owns.
+        unsafe { libc::fcntl(tun.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+        let flag = stop.clone();
+        let thread = thread::spawn(move || {
+            let mut tun = tun;
+            let mut buf = [0u8; 2048];
+            let mut sent = 0;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                match tun.read(&mut buf) {
+                    Ok(n) => {
+                        sock.send_to(&buf[..n], dst).expect("tunnel send");
+                        sent += 1;
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(2)),
+                }
+            }
+            sent
+        });
+        UserspaceTunnel {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the tunnel; returns how many packets it carried.
+    pub fn stop(mut self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .take()
+            .map_or(0, |t| t.join().expect("userspace tunnel"))
+    }
+}
+
+impl Drop for UserspaceTunnel {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }

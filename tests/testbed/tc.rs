@@ -107,3 +107,19 @@ pub fn tc_filter_exists(ns: &Netns, dev: &str, dir: TcDir, prio: u16) -> bool {
 pub const COUNTER_PRIO: u16 = 40000;
 /// Priority of the foreign cls_bpf program the tests put beside pdscp's.
 pub const FOREIGN_PRIO: u16 = 20000;
+
+/// Bytes each tin of the CAKE root qdisc on `dev` has sent, in `tc -s`
+/// order (diffserv4: Bulk, Best Effort, Video, Voice).
+pub fn cake_tin_bytes(ns: &Netns, dev: &str) -> Vec<u64> {
+    let json = ns.sh(&format!("tc -s -j qdisc show dev {dev} root"));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("tc json {e}: {json}"));
+    let tins = v
+        .as_array()
+        .and_then(|q| q.iter().find(|q| q["kind"] == "cake"))
+        .and_then(|q| q.get("tins"))
+        .and_then(|t| t.as_array())
+        .unwrap_or_else(|| panic!("no CAKE tins on {dev}: {json}"));
+    tins.iter()
+        .map(|t| t["sent_bytes"].as_u64().unwrap_or(0))
+        .collect()
+}

@@ -27,6 +27,7 @@ mod attach;
 mod failover;
 mod lifecycle;
 mod marking;
+mod policy;
 mod reflection;
 mod uplinks;
 

@@ -71,6 +71,11 @@ fn parse_eth(frame: &[u8]) -> Option<Outer> {
     parse_ip_udp(frame.get(off + 2..)?, vlans)
 }
 
+/// The UDP packet of an Ethernet frame, if it is one.
+pub(super) fn outer_of_frame(frame: &[u8]) -> Option<Outer> {
+    parse_eth(frame)
+}
+
 /// Data messages `a` sent over `wg` (outer source = `a`'s endpoint and
 /// listen port), keepalives left out. `l3`: frames start with the IP header.
 pub(super) fn data_from_a(frames: &[Vec<u8>], wg: &Wg, l3: bool) -> Vec<Outer> {

@@ -22,21 +22,6 @@ fn world() -> (TestBed, Wg, Internet) {
     (bed, wg, inet)
 }
 
-/// Bytes each tin of the CAKE qdisc on `dev` has sent.
-fn cake_tin_bytes(ns: &Netns, dev: &str) -> Vec<u64> {
-    let json = ns.sh(&format!("tc -s -j qdisc show dev {dev} root"));
-    let v: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("tc json {e}: {json}"));
-    let tins = v
-        .as_array()
-        .and_then(|q| q.iter().find(|q| q["kind"] == "cake"))
-        .and_then(|q| q.get("tins"))
-        .and_then(|t| t.as_array())
-        .unwrap_or_else(|| panic!("no CAKE tins on {dev}: {json}"));
-    tins.iter()
-        .map(|t| t["sent_bytes"].as_u64().unwrap_or(0))
-        .collect()
-}
-
 /// A download of `bytes` from I to a, a's socket marked `tos` (its SYN too).
 fn download(bed: &TestBed, inet: &Internet, tos: u8, bytes: usize) {
     let listener = inet

@@ -81,7 +81,16 @@ impl Sandbox {
                 s.path("syslog").display()
             ),
         );
-        s.write("functions.sh", FUNCTIONS_SH);
+        // busybox (busybox-static at least) runs its own applets before
+        // PATH, so under busybox sh only a function reaches the stub.
+        s.write(
+            "functions.sh",
+            &format!(
+                "{FUNCTIONS_SH}# Test only: busybox's logger applet would bypass the syslog stand-in.\n\
+                 logger() {{ '{}' \"$@\"; }}\n",
+                s.path("bin/logger").display()
+            ),
+        );
         s.write("rc.common", RC_COMMON);
         s
     }

@@ -24,6 +24,10 @@ config() {
     eval "CONFIG_${CONFIG_SECTION}_TYPE=\$1"
 }
 option() { eval "CONFIG_${CONFIG_SECTION}_$1=\$2"; }
+# As the real one: config_get gives a list's items separated by spaces.
+list() {
+    eval "CONFIG_${CONFIG_SECTION}_$1=\"\${CONFIG_${CONFIG_SECTION}_$1:+\$CONFIG_${CONFIG_SECTION}_$1 }\$2\""
+}
 config_get() { eval "$1=\${CONFIG_$2_$3:-\$4}"; }
 config_get_bool() {
     local _v

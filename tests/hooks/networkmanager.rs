@@ -68,11 +68,19 @@ fn uplink_up_repairs_and_attaches_its_tunnels() {
         s.syslog()
     );
 
+    // A tunnel attached on an uplink event is news (info); one that was
+    // attached already is not (debug).
     s.write("tunnels", "vx4 uplink=up0 port=40004\n");
     nm_dispatcher(&bed.a, &env, UPLINK, "up");
     assert_attached(&bed, "vx4", UPLINK, Some(40004), &s);
     assert!(
-        s.syslog().contains("daemon.debug -- vx4: attached"),
+        s.syslog().contains("daemon.info -- vx4: attached"),
+        "{}",
+        s.syslog()
+    );
+    nm_dispatcher(&bed.a, &env, UPLINK, "up");
+    assert!(
+        s.syslog().contains("daemon.debug -- vx4: already attached"),
         "{}",
         s.syslog()
     );

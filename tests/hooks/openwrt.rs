@@ -110,3 +110,103 @@ fn openwrt_init_start_reload_stop() {
     assert_nothing_left(&bed);
     s.assert_no_errors_logged();
 }
+
+/// OpenWrt's network.sh for the tests below: logical interface wan is
+/// device up0, wanb is up1 while up1 exists (an interface that is down has
+/// no l3 device).
+const NETWORK_SH_TWO_WANS: &str = "network_get_device() {
+    case $2 in
+        wan) eval \"$1=up0\" ;;
+        wanb) ip link show dev up1 >/dev/null 2>&1 || return 1; eval \"$1=up1\" ;;
+        *) return 1 ;;
+    esac
+}
+";
+
+/// `list uplink` with two logical interfaces attaches the tunnel to both
+/// devices at once (init.d start and hotplug ifup), with the new options
+/// given as UCI options reaching pdscp.
+#[test]
+fn openwrt_list_uplink_attaches_the_tunnel_to_every_member() {
+    let (bed, s, env) = bed_and_sandbox();
+    add_up1(&bed);
+    loopback_ends(&bed);
+    loopback_tunnel(&bed, "vx24", 124, 40024, 24);
+    s.write("network.sh", NETWORK_SH_TWO_WANS);
+    s.write(
+        "uci/pdscp",
+        "config tunnel 'vpn'\n\toption device 'vx24'\n\tlist uplink 'wan'\n\tlist uplink 'wanb'\n\
+         \toption port '40024'\n\toption dscp_map 'diffserv4'\n\toption handshake_dscp 'cs1'\n",
+    );
+
+    openwrt_init(&bed.a, &s, &env, "start");
+    assert_eq!(tunnel_uplinks(&bed, "vx24"), [UPLINK, UP1], "{}", s.syslog());
+    let st = status(&bed);
+    assert_eq!(st["tunnels"][0]["policy"]["dscp_map"], "diffserv4", "{st:#}");
+    assert_eq!(st["tunnels"][0]["policy"]["handshake"], 8, "{st:#}");
+    openwrt_init(&bed.a, &s, &env, "stop");
+    assert_nothing_left(&bed);
+
+    openwrt_hotplug(&bed.a, &s, &env, "ifup", "vpn", "vx24");
+    assert_eq!(tunnel_uplinks(&bed, "vx24"), [UPLINK, UP1], "{}", s.syslog());
+    s.assert_no_errors_logged();
+}
+
+/// mwan3 with two WAN members (wan on up0, wanb on up1, which comes later).
+/// mwan3track's `ACTION=connected` for wanb, which reaches
+/// /etc/hotplug.d/iface/ like ifup (here with an empty DEVICE), adds up1 to
+/// the tunnel that lists wanb and to the one without uplinks whose peer is
+/// now routed over up1; again, it changes nothing and logs at debug.
+/// `disconnected` and `ifdown` (DEVICE empty, as mwan3 sends them) detach
+/// nothing: the tunnels stay on both members for the next failover.
+#[test]
+fn mwan3_connected_adds_a_member_and_disconnected_detaches_nothing() {
+    let (bed, s, env) = bed_and_sandbox();
+    loopback_ends(&bed);
+    loopback_tunnel(&bed, "vx25", 125, 40025, 25);
+    loopback_tunnel(&bed, "vx26", 126, 40026, 26);
+    s.write("network.sh", NETWORK_SH_TWO_WANS);
+    s.write(
+        "uci/pdscp",
+        "config tunnel 'vpn'\n\toption device 'vx25'\n\tlist uplink 'wan'\n\tlist uplink 'wanb'\n\
+         \toption port '40025'\n\nconfig tunnel 'vx26'\n\toption port '40026'\n",
+    );
+
+    openwrt_hotplug(&bed.a, &s, &env, "ifup", "vpn", "vx25");
+    openwrt_hotplug(&bed.a, &s, &env, "ifup", "vx26", "vx26");
+    assert_eq!(tunnel_uplinks(&bed, "vx25"), [UPLINK], "{}", s.syslog());
+    assert_eq!(tunnel_uplinks(&bed, "vx26"), [UPLINK], "{}", s.syslog());
+    assert!(
+        s.syslog().contains("vx25: uplink wanb not there (yet)"),
+        "{}",
+        s.syslog()
+    );
+
+    add_up1(&bed);
+    route_via(&bed, UP1);
+    openwrt_hotplug(&bed.a, &s, &env, "connected", "wanb", "");
+    assert_eq!(tunnel_uplinks(&bed, "vx25"), [UPLINK, UP1], "{}", s.syslog());
+    assert_eq!(tunnel_uplinks(&bed, "vx26"), [UPLINK, UP1], "{}", s.syslog());
+
+    let _ = std::fs::remove_file(s.path("syslog"));
+    openwrt_hotplug(&bed.a, &s, &env, "connected", "wanb", "up1");
+    let log = s.syslog();
+    assert!(log.contains("daemon.debug -- vx25: already attached"), "{log}");
+    assert!(log.contains("daemon.debug -- vx26: already attached"), "{log}");
+    assert!(!log.contains("daemon.info"), "nothing changed: {log}");
+
+    let _ = std::fs::remove_file(s.path("syslog"));
+    openwrt_hotplug(&bed.a, &s, &env, "disconnected", "wanb", "");
+    openwrt_hotplug(&bed.a, &s, &env, "ifdown", "wanb", "");
+    openwrt_hotplug(&bed.a, &s, &env, "disconnecting", "wan", "up0");
+    for t in ["vx25", "vx26"] {
+        assert_eq!(tunnel_uplinks(&bed, t), [UPLINK, UP1], "{t}: {}", s.syslog());
+    }
+    let log = s.syslog();
+    assert!(
+        log.contains("daemon.debug -- wanb: disconnected (mwan3): nothing to do"),
+        "{log}"
+    );
+    assert_eq!(log.lines().count(), 1, "only that: {log}");
+    s.assert_no_errors_logged();
+}

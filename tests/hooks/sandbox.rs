@@ -24,6 +24,10 @@ config() {
     eval "CONFIG_${CONFIG_SECTION}_TYPE=\$1"
 }
 option() { eval "CONFIG_${CONFIG_SECTION}_$1=\$2"; }
+# As the real one: config_get gives a list's items separated by spaces.
+list() {
+    eval "CONFIG_${CONFIG_SECTION}_$1=\"\${CONFIG_${CONFIG_SECTION}_$1:+\$CONFIG_${CONFIG_SECTION}_$1 }\$2\""
+}
 config_get() { eval "$1=\${CONFIG_$2_$3:-\$4}"; }
 config_get_bool() {
     local _v
@@ -81,7 +85,16 @@ impl Sandbox {
                 s.path("syslog").display()
             ),
         );
-        s.write("functions.sh", FUNCTIONS_SH);
+        // busybox (busybox-static at least) runs its own applets before
+        // PATH, so under busybox sh only a function reaches the stub.
+        s.write(
+            "functions.sh",
+            &format!(
+                "{FUNCTIONS_SH}# Test only: busybox's logger applet would bypass the syslog stand-in.\n\
+                 logger() {{ '{}' \"$@\"; }}\n",
+                s.path("bin/logger").display()
+            ),
+        );
         s.write("rc.common", RC_COMMON);
         s
     }

@@ -2,56 +2,26 @@
 //! to the other with no pdscp command (multi-WAN failover), and each uplink
 //! can be taken away on its own.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use super::*;
 
-const UP1: &str = "up1";
-const UP1_A: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
-const UP1_B: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
-/// The tunnel's ends sit on the loopbacks, so the route decides its uplink.
-const LO_A: Ipv4Addr = Ipv4Addr::new(198, 18, 9, 1);
-const LO_B: Ipv4Addr = Ipv4Addr::new(198, 18, 9, 2);
 const EF: u8 = 0xb8;
 const AF41: u8 = 0x88;
 
-/// The bed with a second uplink beside up0, and tunnels between the
-/// loopbacks of a and b, routed over up0 for now.
+/// The bed with up1 beside up0, and loopback tunnels routed over up0 for now.
 fn two_routes(tunnels: &[(&str, u32, u16, u8)]) -> (TestBed, Vec<Tunnel>) {
     let bed = TestBed::new();
-    bed.add_veth(UP1, UP1_A, UP1_B, 9);
-    bed.a.sh(&format!(
-        "ip addr add {LO_A}/32 dev lo && ip route add {LO_B}/32 via {B_V4} dev {UPLINK}"
-    ));
-    bed.b.sh(&format!(
-        "ip addr add {LO_B}/32 dev lo && ip route add {LO_A}/32 via {A_V4} dev {UPLINK}"
-    ));
+    bed.add_up1();
+    bed.loopback_ends();
     let made = tunnels
         .iter()
-        .map(|(name, vni, port, inner)| {
-            let spec = TunnelSpec {
-                name,
-                vni: *vni,
-                srcport: *port,
-                lower: None,
-                a_ip: LO_A,
-                b_ip: LO_B,
-                inner: *inner,
-            };
-            bed.add_tunnel(&spec, false)
-        })
+        .map(|(name, vni, port, inner)| bed.loopback_tunnel(name, *vni, *port, *inner))
         .collect();
     (bed, made)
-}
-
-/// Moves a's route to b's end of the tunnels onto `uplink`.
-fn route_via(bed: &TestBed, uplink: &str) {
-    let gw = if uplink == UPLINK { B_V4 } else { UP1_B };
-    bed.a
-        .sh(&format!("ip route replace {LO_B}/32 via {gw} dev {uplink}"));
 }
 
 fn attach_to(bed: &TestBed, t: &Tunnel, uplinks: &[&str], mode: &str) -> String {
@@ -165,7 +135,7 @@ fn marks_follow_the_route(modes: [&str; 2]) {
         let mut switches = 0;
         for i in 0..20 {
             thread::sleep(Duration::from_millis(100));
-            route_via(&bed, if i % 2 == 0 { UP1 } else { UPLINK });
+            bed.route_via(if i % 2 == 0 { UP1 } else { UPLINK });
             switches += 1;
         }
         thread::sleep(Duration::from_millis(100));
@@ -269,7 +239,7 @@ fn detach_from_one_uplink_leaves_the_other_marking() {
             "{mode}: nothing on up1"
         );
         for (up, marked) in [(UPLINK, true), (UP1, false)] {
-            route_via(&bed, up);
+            bed.route_via(up);
             let cap = Capture::start(&bed.b, up);
             send_udp(&bed.a, t.b_addr(false), 9000, EF, 5);
             let pkts = from_a(&cap.stop(), t, IPPROTO_UDP);
@@ -307,7 +277,7 @@ fn two_tunnels_share_two_uplinks() {
     );
     let check = |tunnels: &[&Tunnel], what: &str| {
         for up in [UP1, UPLINK] {
-            route_via(&bed, up);
+            bed.route_via(up);
             let cap = Capture::start(&bed.b, up);
             for (t, tos) in tunnels.iter().zip([EF, AF41]) {
                 send_udp(&bed.a, t.b_addr(false), 9000, tos, 5);
@@ -347,7 +317,7 @@ fn status_flags_a_peer_routed_over_an_unattached_uplink() {
         (t["unmarked_peers"].as_u64(), t["routes"][0]["uplink"].clone())
     };
     assert_eq!(flagged(&bed), (Some(0), UPLINK.into()));
-    route_via(&bed, UP1);
+    bed.route_via(UP1);
     assert_eq!(flagged(&bed), (Some(1), UP1.into()));
     let text = ok(bed.pdscp(&["status"]));
     assert!(

@@ -34,7 +34,6 @@ mod systemd;
 mod uplinks;
 
 use std::fs;
-use std::net::Ipv4Addr;
 
 use managers::*;
 use sandbox::Sandbox;
@@ -123,53 +122,6 @@ fn del_link(bed: &TestBed, name: &str) {
     bed.a.sh(&format!("ip link del {name}"));
 }
 
-/// A second uplink beside up0, as tests/e2e/failover.rs builds it.
-const UP1: &str = "up1";
-const UP1_A: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
-const UP1_B: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
-/// Tunnels between the loopbacks: the route decides their uplink.
-const LO_A: Ipv4Addr = Ipv4Addr::new(198, 18, 9, 1);
-const LO_B: Ipv4Addr = Ipv4Addr::new(198, 18, 9, 2);
-
-/// Adds uplink up1 between a and b (198.18.1.1/24 and .2).
-fn add_up1(bed: &TestBed) {
-    bed.add_veth(UP1, UP1_A, UP1_B, 9);
-}
-
-/// Gives a and b the loopback addresses the tunnels of [`loopback_tunnel`]
-/// run between, routed over up0.
-fn loopback_ends(bed: &TestBed) {
-    bed.a.sh(&format!(
-        "ip addr add {LO_A}/32 dev lo && ip route add {LO_B}/32 via {B_V4} dev {UPLINK}"
-    ));
-    bed.b.sh(&format!(
-        "ip addr add {LO_B}/32 dev lo && ip route add {LO_A}/32 via {A_V4} dev {UPLINK}"
-    ));
-}
-
-/// A VXLAN tunnel (outer source port `port`) between the loopbacks of a and
-/// b (see [`loopback_ends`]), bound to no device: the route to b's end
-/// decides which uplink it leaves by, and pdscp finds its uplinks from it.
-fn loopback_tunnel(bed: &TestBed, name: &str, vni: u32, port: u16, inner: u8) -> Tunnel {
-    let spec = TunnelSpec {
-        name,
-        vni,
-        srcport: port,
-        lower: None,
-        a_ip: LO_A,
-        b_ip: LO_B,
-        inner,
-    };
-    bed.add_tunnel(&spec, false)
-}
-
-/// Moves a's route to b's end of the loopback tunnels onto `uplink`.
-fn route_via(bed: &TestBed, uplink: &str) {
-    let gw = if uplink == UPLINK { B_V4 } else { UP1_B };
-    bed.a
-        .sh(&format!("ip route replace {LO_B}/32 via {gw} dev {uplink}"));
-}
-
 /// The uplinks tunnel `name` is attached to (`status --json`'s
 /// tunnels[].uplinks), sorted; empty if it is not attached.
 fn tunnel_uplinks(bed: &TestBed, name: &str) -> Vec<String> {
@@ -193,7 +145,7 @@ fn tunnel_uplinks(bed: &TestBed, name: &str) -> Vec<String> {
 /// Outer packets of the loopback tunnel `t` leaving a by `uplink` (the
 /// route is moved there first), for UDP sent with EF inside.
 fn udp_via(bed: &TestBed, t: &Tunnel, uplink: &str) -> Vec<TunnelPacket> {
-    route_via(bed, uplink);
+    bed.route_via(uplink);
     let cap = Capture::start(&bed.b, uplink);
     send_udp(&bed.a, t.b_addr(false), 9000, 0xb8, 5);
     from_a(&cap.stop(), t, IPPROTO_UDP)

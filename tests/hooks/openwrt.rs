@@ -129,9 +129,9 @@ const NETWORK_SH_TWO_WANS: &str = "network_get_device() {
 #[test]
 fn openwrt_list_uplink_attaches_the_tunnel_to_every_member() {
     let (bed, s, env) = bed_and_sandbox();
-    add_up1(&bed);
-    loopback_ends(&bed);
-    loopback_tunnel(&bed, "vx24", 124, 40024, 24);
+    bed.add_up1();
+    bed.loopback_ends();
+    bed.loopback_tunnel("vx24", 124, 40024, 24);
     s.write("network.sh", NETWORK_SH_TWO_WANS);
     s.write(
         "uci/pdscp",
@@ -162,9 +162,9 @@ fn openwrt_list_uplink_attaches_the_tunnel_to_every_member() {
 #[test]
 fn mwan3_connected_adds_a_member_and_disconnected_detaches_nothing() {
     let (bed, s, env) = bed_and_sandbox();
-    loopback_ends(&bed);
-    loopback_tunnel(&bed, "vx25", 125, 40025, 25);
-    loopback_tunnel(&bed, "vx26", 126, 40026, 26);
+    bed.loopback_ends();
+    bed.loopback_tunnel("vx25", 125, 40025, 25);
+    bed.loopback_tunnel("vx26", 126, 40026, 26);
     s.write("network.sh", NETWORK_SH_TWO_WANS);
     s.write(
         "uci/pdscp",
@@ -182,8 +182,8 @@ fn mwan3_connected_adds_a_member_and_disconnected_detaches_nothing() {
         s.syslog()
     );
 
-    add_up1(&bed);
-    route_via(&bed, UP1);
+    bed.add_up1();
+    bed.route_via(UP1);
     openwrt_hotplug(&bed.a, &s, &env, "connected", "wanb", "");
     assert_eq!(tunnel_uplinks(&bed, "vx25"), [UPLINK, UP1], "{}", s.syslog());
     assert_eq!(tunnel_uplinks(&bed, "vx26"), [UPLINK, UP1], "{}", s.syslog());

@@ -23,9 +23,9 @@ fn assert_marked_via(bed: &TestBed, t: &Tunnel, uplink: &str) {
 #[test]
 fn every_uplink_listed_for_a_tunnel_is_attached() {
     let (bed, s, env) = bed_and_sandbox();
-    add_up1(&bed);
-    loopback_ends(&bed);
-    let t = loopback_tunnel(&bed, "vx20", 120, 40020, 20);
+    bed.add_up1();
+    bed.loopback_ends();
+    let t = bed.loopback_tunnel("vx20", 120, 40020, 20);
     s.write("tunnels", "vx20 uplink=up0 uplink=up1 port=40020\n");
 
     nm_dispatcher(&bed.a, &env, "vx20", "up");
@@ -52,17 +52,17 @@ fn every_uplink_listed_for_a_tunnel_is_attached() {
 #[test]
 fn an_uplink_coming_up_is_added_to_the_tunnels_routed_over_it() {
     let (bed, s, env) = bed_and_sandbox();
-    add_up1(&bed);
-    loopback_ends(&bed);
-    let t = loopback_tunnel(&bed, "vx21", 121, 40021, 21);
-    loopback_tunnel(&bed, "vx22", 122, 40022, 22);
+    bed.add_up1();
+    bed.loopback_ends();
+    let t = bed.loopback_tunnel("vx21", 121, 40021, 21);
+    bed.loopback_tunnel("vx22", 122, 40022, 22);
     s.write("tunnels", "vx21 port=40021\nvx22 uplink=up0 port=40022\n");
     networkd_dispatcher(&bed.a, &env, "vx21", "routable");
     networkd_dispatcher(&bed.a, &env, "vx22", "routable");
     assert_eq!(tunnel_uplinks(&bed, "vx21"), [UPLINK], "{}", s.syslog());
     assert_eq!(tunnel_uplinks(&bed, "vx22"), [UPLINK]);
 
-    route_via(&bed, UP1);
+    bed.route_via(UP1);
     type Event = fn(&TestBed, &[(String, String)]);
     let managers: [(&str, Event); 3] = [
         ("ifupdown", |bed, env| {
@@ -118,8 +118,8 @@ fn an_uplink_coming_up_is_added_to_the_tunnels_routed_over_it() {
 #[test]
 fn a_listed_uplink_that_comes_later_is_added_when_it_comes_up() {
     let (bed, s, env) = bed_and_sandbox();
-    loopback_ends(&bed);
-    let t = loopback_tunnel(&bed, "vx23", 123, 40023, 23);
+    bed.loopback_ends();
+    let t = bed.loopback_tunnel("vx23", 123, 40023, 23);
     s.write("tunnels", "vx23 uplink=up0 uplink=up1 port=40023\n");
 
     nm_dispatcher(&bed.a, &env, "vx23", "up");
@@ -132,7 +132,7 @@ fn a_listed_uplink_that_comes_later_is_added_when_it_comes_up() {
     );
     assert_marked_via(&bed, &t, UPLINK);
 
-    add_up1(&bed);
+    bed.add_up1();
     nm_dispatcher(&bed.a, &env, UP1, "up");
     assert_eq!(tunnel_uplinks(&bed, "vx23"), [UPLINK, UP1], "{}", s.syslog());
     assert_marked_via(&bed, &t, UP1);

@@ -28,6 +28,7 @@
 //!   of several at once;
 //! - `packets.rs`: parsing captured frames ([`parse_vxlan`]);
 //! - `traffic.rs`: marked UDP, TCP bulk and ping traffic;
+//! - `second_uplink.rs`: up1 beside up0, tunnels whose route picks the uplink;
 //! - `tc.rs`: other tools' tc filters (a counter) beside pdscp's;
 //! - `pdscp.rs`: running the pdscp binary and reading its answers
 //!   (`status --json` included);
@@ -50,6 +51,7 @@ mod library;
 mod namespaces;
 mod packets;
 mod pdscp;
+mod second_uplink;
 mod tc;
 mod traffic;
 
@@ -57,5 +59,5 @@ mod traffic;
 #[allow(unused_imports)]
 pub use self::{
     audit::*, bed::*, capture::*, ethtool::*, files::*, foreign::*, internet::*, library::*, namespaces::*,
-    packets::*, pdscp::*, tc::*, traffic::*,
+    packets::*, pdscp::*, second_uplink::*, tc::*, traffic::*,
 };

@@ -17,7 +17,8 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     match cli::run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
+
         Err(err) => {
             // One line: the operator (or a hook's syslog) sees the whole chain at once.
             eprintln!("pdscp: {err:#}");

@@ -83,6 +83,29 @@ pub struct StatusArgs {
     pub prometheus: bool,
 }
 
+#[derive(clap::Args, Debug)]
+pub struct CheckArgs {
+    /// Tunnel device to check
+    pub tunnel: String,
+    /// How long to watch the counters and the uplinks
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0, value_parser = parse_seconds)]
+    pub seconds: f64,
+    /// Send a short EF-marked flow into the tunnel (to ADDRESS, or to an
+    /// address of its first WireGuard peer or a neighbour) to test without live traffic
+    #[arg(long, value_name = "ADDRESS", num_args = 0..=1, require_equals = true)]
+    pub probe: Option<Option<std::net::IpAddr>>,
+    /// Machine-readable output
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if (0.5..=3600.0).contains(&s) => Ok(s),
+        _ => Err(format!("{text:?} is not a number of seconds from 0.5 to 3600")),
+    }
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ModeArg {
     Auto,

@@ -2,12 +2,15 @@
 //! printing. The only layer that knows about arguments: it maps them onto
 //! the model (`ModeArg` -> `Option<Mode>`) at this boundary.
 use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use crate::commands::{attach, detach, reconcile, status, upgrade};
-use crate::kernel::{bpf, netns, privileges};
+use crate::commands::{attach, check, detach, reconcile, status, upgrade};
+use crate::kernel::{bpf, iface, netns, privileges};
+
 use crate::state::pin_root::{self, PinRoot};
 use crate::testhooks::journal;
 
@@ -15,7 +18,7 @@ pub mod args;
 pub mod prometheus;
 pub mod text;
 
-pub use args::{AttachArgs, DetachArgs, ModeArg, ReflectArg, StatusArgs};
+pub use args::{AttachArgs, CheckArgs, DetachArgs, ModeArg, ReflectArg, StatusArgs};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -51,6 +54,9 @@ pub enum Command {
     Detach(DetachArgs),
     /// Show uplinks, tunnels, attachments and counters
     Status(StatusArgs),
+    /// Say why a tunnel's marks do or do not arrive: watch it for a few
+    /// seconds, each line a verdict with its evidence (exit 0 only when marks flow)
+    Check(CheckArgs),
     /// Repair state: release tunnels whose device is gone or was recreated,
     /// finish or undo interrupted commands, re-attach to recreated uplinks
     Gc,
@@ -77,10 +83,11 @@ pub fn usage_error_line(e: &clap::Error) -> String {
     first.trim_start_matches("error: ").to_string()
 }
 
-/// Runs a parsed command line.
-pub fn run(cli: Cli) -> Result<()> {
+/// Runs a parsed command line; `check` fails (exit 1) when marks do not flow.
+pub fn run(cli: Cli) -> Result<ExitCode> {
     if let Command::Generate(what) = &cli.command {
-        return generate(what);
+        generate(what)?;
+        return Ok(ExitCode::SUCCESS);
     }
     bpf::quiet_libbpf_unless_debugging();
     // Validate everything the user typed before touching any state.
@@ -100,7 +107,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Detach(args) => {
             let Some(root) = PinRoot::open_existing(&cli.pin_root, true)? else {
                 println!("{}: not attached", args.tunnel.as_deref().unwrap_or("nothing"));
-                return Ok(());
+                return Ok(ExitCode::SUCCESS);
             };
             match &args.tunnel {
                 Some(tunnel) => {
@@ -138,9 +145,26 @@ pub fn run(cli: Cli) -> Result<()> {
                 print!("{}", text::text(&report));
             }
         }
+        Command::Check(args) => {
+            let root = PinRoot::open_existing(&cli.pin_root, false)?;
+            let request = check::CheckRequest {
+                tunnel: args.tunnel.clone(),
+                window: Duration::from_secs_f64(args.seconds),
+                probe: args.probe,
+            };
+            let diagnosis = check::check(root.as_ref(), &request)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&diagnosis)?);
+            } else {
+                print!("{}", text::check_text(&diagnosis));
+            }
+            if !diagnosis.flowing {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         Command::Generate(_) => unreachable!("handled above"),
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print_lines(lines: &[String]) {
@@ -169,6 +193,7 @@ fn validate(cli: &Cli) -> Result<()> {
     match &cli.command {
         Command::Attach(a) => a.validate(),
         Command::Detach(d) => d.validate(),
+        Command::Check(c) => iface::validate_name(&c.tunnel),
         Command::Status(_) | Command::Gc | Command::Upgrade | Command::Generate(_) => Ok(()),
     }
 }
@@ -238,6 +263,29 @@ mod tests {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
         assert!(parse(&["detach", "--all"]).is_ok());
+    }
+
+    #[test]
+    fn check_takes_a_window_and_an_optional_probe_address() {
+        let probe = |args: &[&str]| match parse(args).map(|c| c.command) {
+            Ok(Command::Check(c)) => Ok((c.seconds, c.probe)),
+            Ok(_) => panic!("not check"),
+            Err(e) => Err(e),
+        };
+        assert_eq!(probe(&["check", "wg0"]).unwrap(), (5.0, None));
+        assert_eq!(probe(&["check", "wg0", "--probe"]).unwrap().1, Some(None));
+        let to = "10.0.0.2".parse().ok();
+        assert_eq!(
+            probe(&["check", "wg0", "--probe=10.0.0.2", "--seconds", "2"]).unwrap(),
+            (2.0, Some(to))
+        );
+        for bad in [
+            &["check"][..],
+            &["check", "wg0", "--seconds", "0"],
+            &["check", "wg0", "--probe=x"],
+        ] {
+            assert!(probe(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

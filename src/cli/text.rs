@@ -1,9 +1,11 @@
-//! How `status` prints for people. (`--json` is the report's serde form,
+//! How `status` and `check` print for people. (`--json` is the serde form,
 //! `--prometheus` is src/cli/prometheus.rs.)
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use crate::commands::check::{Diagnosis, Level};
 use crate::commands::status::{Report, TunnelReport};
+
 use crate::model::Mode;
 
 /// The report for people.
@@ -152,6 +154,26 @@ fn tunnel_text(out: &mut String, t: &TunnelReport) {
             let _ = writeln!(out, "  {label} {}", by_dscp(counts));
         }
     }
+}
+
+/// `pdscp check`'s screen: one verdict per line, the conclusion last.
+pub fn check_text(d: &Diagnosis) -> String {
+    let mut out = format!("pdscp check {}: watched for {} s\n", d.tunnel, d.seconds);
+    for f in &d.findings {
+        let level = match f.level {
+            Level::Ok => "ok",
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Fail => "FAIL",
+        };
+        let _ = writeln!(out, "  {level:<5}{:<9}{}", f.topic, f.text);
+    }
+    let _ = match (d.flowing, d.findings.iter().find(|f| f.level == Level::Fail)) {
+        (true, _) => writeln!(out, "marks are flowing"),
+        (false, Some(f)) => writeln!(out, "marks are NOT flowing: {}", f.text),
+        (false, None) => writeln!(out, "marks are NOT flowing: no marked traffic was seen"),
+    };
+    out
 }
 
 fn by_dscp(counts: &BTreeMap<u8, u64>) -> String {

@@ -3,7 +3,9 @@
 //! step (`steps`), so a repeated or interrupted command converges on the
 //! asked-for state. Everything here runs under the pin root's lock.
 pub mod attach;
+pub mod check;
 pub mod detach;
+
 mod migrate;
 pub mod reconcile;
 pub mod report;

@@ -1,13 +1,15 @@
 //! Reads a WireGuard device's settings from the kernel over generic netlink
 //! (the "wireguard" family), as `wg show` does, without running `wg`.
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{bail, Context, Result};
 use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_generic::ctrl::nlas::GenlCtrlAttrs;
 use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
 use netlink_packet_generic::GenlMessage;
-use netlink_packet_wireguard::{WireguardAttribute, WireguardCmd, WireguardMessage, WireguardPeerAttribute};
+use netlink_packet_wireguard::{
+    WireguardAllowedIpAttr, WireguardAttribute, WireguardCmd, WireguardMessage, WireguardPeerAttribute,
+};
 use netlink_sys::protocols::NETLINK_GENERIC;
 use netlink_sys::Socket;
 
@@ -20,6 +22,8 @@ pub struct Device {
     pub listen_port: u16,
     pub fwmark: u32,
     pub endpoints: Vec<SocketAddr>,
+    /// Every peer's allowed IPs, as (network, prefix length).
+    pub allowed_ips: Vec<(IpAddr, u8)>,
 }
 
 /// The WireGuard settings of `ifname`, or None if it is not a WireGuard
@@ -53,8 +57,12 @@ pub fn device(ifname: &str) -> Result<Option<Device>> {
                 WireguardAttribute::Peers(peers) => {
                     for peer in peers {
                         for a in peer.0 {
-                            if let WireguardPeerAttribute::Endpoint(e) = a {
-                                dev.endpoints.push(e);
+                            match a {
+                                WireguardPeerAttribute::Endpoint(e) => dev.endpoints.push(e),
+                                WireguardPeerAttribute::AllowedIps(ips) => {
+                                    dev.allowed_ips.extend(ips.iter().filter_map(|ip| network(ip)))
+                                }
+                                _ => {}
                             }
                         }
                     }
@@ -93,4 +101,16 @@ pub fn listen_port(ifname: &str, dev: &Device) -> Result<u16> {
         bail!("{ifname} is a WireGuard device without a listen port yet; bring it up or set ListenPort");
     }
     Ok(dev.listen_port)
+}
+
+fn network(attrs: &[WireguardAllowedIpAttr]) -> Option<(IpAddr, u8)> {
+    let ip = attrs.iter().find_map(|a| match a {
+        WireguardAllowedIpAttr::IpAddr(ip) => Some(*ip),
+        _ => None,
+    })?;
+    let cidr = attrs.iter().find_map(|a| match a {
+        WireguardAllowedIpAttr::Cidr(c) => Some(*c),
+        _ => None,
+    })?;
+    Some((ip, cidr))
 }

@@ -10,6 +10,7 @@
 #[path = "../testbed/mod.rs"]
 mod testbed;
 
+mod check;
 mod failover;
 mod lifecycle;
 mod marking;

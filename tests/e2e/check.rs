@@ -5,55 +5,20 @@
 //! uplink, a userspace tunnel on a TUN device, a kernel too old.
 
 use std::net::{IpAddr, SocketAddr};
-use std::process::Output;
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::Duration;
 
 use super::*;
 
 const EF: u8 = 0xb8;
 
-/// EF-marked UDP to `dst` from a's side for `secs` seconds, 200 a second.
-fn steady_ef(bed: &TestBed, dst: IpAddr, secs: u64) -> JoinHandle<u32> {
-    bed.a.spawn("steady EF", move || {
-        let sock = marked_udp_socket(dst, EF);
-        let mut sent = 0;
-        while sent < secs as u32 * 200 {
-            let _ = sock.send_to(b"check", (dst, 9700));
-            sent += 1;
-            thread::sleep(Duration::from_millis(5));
-        }
-        sent
-    })
-}
-
-/// `pdscp check` for two seconds; (exit 0, its screen).
-fn check(bed: &TestBed, tunnel: &str, extra: &[&str]) -> (bool, String) {
-    let mut args = vec!["check", tunnel, "--seconds", "2"];
-    args.extend(extra);
-    let out: Output = bed.pdscp(&args);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
 /// `check` while EF traffic runs through `t`.
 fn check_with_traffic(bed: &TestBed, t: &Tunnel, extra: &[&str]) -> (bool, String) {
-    let sender = steady_ef(bed, t.b_addr(false), 3);
+    let sender = steady_udp(&bed.a, t.b_addr(false), EF, 3);
     thread::sleep(Duration::from_millis(200));
-    let result = check(bed, &t.name, extra);
+    let result = bed.check(&t.name, extra);
     sender.join().expect("sender");
     result
-}
-
-fn assert_fails_naming(result: (bool, String), expect: &str, what: &str) {
-    let (passed, text) = result;
-    assert!(!passed, "{what}: check must fail:\n{text}");
-    assert!(text.contains(expect), "{what}: expected {expect:?} in:\n{text}");
-    assert!(text.contains("marks are NOT flowing"), "{what}:\n{text}");
 }
 
 #[test]
@@ -71,7 +36,7 @@ fn a_healthy_tunnel_checks_ok_and_exits_0() {
             "{text}"
         );
         assert!(text.contains("from port 51820: ef "), "the wire shows EF: {text}");
-        let sender = steady_ef(&bed, t.b_addr(false), 3);
+        let sender = steady_udp(&bed.a, t.b_addr(false), EF, 3);
         let out = bed.pdscp(&["check", "wg0", "--seconds", "2", "--json"]);
         sender.join().expect("sender");
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("check --json");
@@ -91,9 +56,9 @@ fn without_traffic_check_fails_and_a_probe_makes_it_pass() {
     let t = bed.add_vxlan("wg0", 100, 51820, Underlay::V4, 1);
     attach(&bed, &t, UPLINK, "auto");
     // Idle but for the odd unmarked IPv6 chatter: nothing to carry either way.
-    assert_fails_naming(check(&bed, "wg0", &[]), "run with --probe", "idle");
+    assert_check_fails_naming(bed.check("wg0", &[]), "run with --probe", "idle");
     for probe in ["--probe".to_string(), format!("--probe={}", t.b_addr(false))] {
-        let (passed, text) = check(&bed, "wg0", &[&probe]);
+        let (passed, text) = bed.check("wg0", &[&probe]);
         assert!(passed, "{probe}:\n{text}");
         assert!(
             text.contains("probe: 100 ef packets sent to 198.19.1.2"),
@@ -106,14 +71,14 @@ fn without_traffic_check_fails_and_a_probe_makes_it_pass() {
 fn a_tunnel_that_is_not_attached_is_named() {
     let bed = TestBed::new();
     let t = bed.add_vxlan("wg0", 100, 51820, Underlay::V4, 1);
-    assert_fails_naming(
+    assert_check_fails_naming(
         check_with_traffic(&bed, &t, &[]),
         "wg0 is not attached",
         "never attached",
     );
     attach(&bed, &t, UPLINK, "auto");
     detach(&bed, &t);
-    assert_fails_naming(
+    assert_check_fails_naming(
         check_with_traffic(&bed, &t, &[]),
         "wg0 is not attached",
         "detached",
@@ -135,7 +100,7 @@ fn a_reader_taken_away_is_named() {
                 std::fs::remove_file(bed.pin_root.join("tunnels/wg0/link")).expect("unpin the reader's link")
             }
         }
-        assert_fails_naming(
+        assert_check_fails_naming(
             check_with_traffic(&bed, &t, &[]),
             &format!("the reader is not running on wg0 (its {mode} hook is gone)"),
             mode,
@@ -161,7 +126,7 @@ fn a_recreated_tunnel_device_is_named() {
     };
     bed.add_tunnel(&spec, true);
     let new = bed.a.ifindex("wg0");
-    assert_fails_naming(
+    assert_check_fails_naming(
         check_with_traffic(&bed, &t, &[]),
         &format!("wg0 was recreated (ifindex {old} is now {new})"),
         "recreated",
@@ -180,7 +145,7 @@ fn a_program_rewriting_dscp_after_pdscp_is_named() {
         let prog = pin_foreign(dir.path(), "cs1", ForeignProgram::MarkCs1);
         add_foreign_filter(&bed.a, UPLINK, prio, &prog);
         let result = check_with_traffic(&bed, &t, &[]);
-        assert_fails_naming(result.clone(), "but the wire shows cs1", mode);
+        assert_check_fails_naming(result.clone(), "but the wire shows cs1", mode);
         assert!(
             result
                 .1
@@ -201,7 +166,7 @@ fn nat_rewriting_the_source_port_is_named() {
          nft add chain ip pdscp_check_nat post '{{ type nat hook postrouting priority 100 ; }}' && \
          nft add rule ip pdscp_check_nat post oifname {UPLINK} udp sport 51820 masquerade fully-random"
     ));
-    assert_fails_naming(
+    assert_check_fails_naming(
         check_with_traffic(&bed, &t, &[]),
         &format!("NAT on {UPLINK} rewrites the source port"),
         "fully-random",
@@ -218,7 +183,7 @@ fn a_peer_routed_over_an_unattached_uplink_is_named() {
     let (passed, text) = check_with_traffic(&bed, &t, &[]);
     assert!(passed, "over up0:\n{text}");
     bed.route_via(UP1);
-    assert_fails_naming(
+    assert_check_fails_naming(
         check_with_traffic(&bed, &t, &[]),
         &format!("is routed over {UP1}, which wg0 is not attached to"),
         "over up1",
@@ -239,15 +204,15 @@ fn a_userspace_tunnel_on_a_tun_device_is_named() {
         "TUN device",
     );
     let dst: IpAddr = "198.19.9.2".parse().expect("addr");
-    let sender = steady_ef(&bed, dst, 3);
-    let result = check(&bed, "tun9", &[]);
+    let sender = steady_udp(&bed.a, dst, EF, 3);
+    let result = bed.check("tun9", &[]);
     sender.join().expect("sender");
-    assert_fails_naming(result, "tun9 is a TUN device (userspace WireGuard", "tun");
+    assert_check_fails_naming(result, "tun9 is a TUN device (userspace WireGuard", "tun");
     ok(bed.pdscp(&[
         "attach", "tun9", "--port", "40100", "--uplink", UPLINK, "--fixed", "af41",
     ]));
-    let sender = steady_ef(&bed, dst, 3);
-    let (passed, text) = check(&bed, "tun9", &[]);
+    let sender = steady_udp(&bed.a, dst, EF, 3);
+    let (passed, text) = bed.check("tun9", &[]);
     sender.join().expect("sender");
     assert!(tunnel.stop() > 100, "the userspace tunnel carried the traffic");
     assert!(passed, "with a fixed mark:\n{text}");
@@ -258,13 +223,13 @@ fn a_kernel_older_than_the_minimum_is_named() {
     let bed = TestBed::new();
     let t = bed.add_vxlan("wg0", 100, 51820, Underlay::V4, 1);
     attach(&bed, &t, UPLINK, "auto");
-    let sender = steady_ef(&bed, t.b_addr(false), 3);
+    let sender = steady_udp(&bed.a, t.b_addr(false), EF, 3);
     let mut cmd = pdscp_cmd(&bed.pin_root, Some(&bed.a), &["check", "wg0", "--seconds", "2"]);
     cmd.env("PDSCP_TEST_KERNEL_RELEASE", "5.4.0-42-generic");
     let out = run_cmd(cmd);
     sender.join().expect("sender");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_fails_naming(
+    assert_check_fails_naming(
         (out.status.success(), text),
         "kernel 5.4.0-42-generic is older than 5.10",
         "old kernel",

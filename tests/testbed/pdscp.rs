@@ -155,6 +155,29 @@ impl TestBed {
 // attach and detach
 // ---------------------------------------------------------------------------
 
+impl TestBed {
+    /// `pdscp check TUNNEL --seconds 2 [extra]` in a: (exit 0, its screen).
+    pub fn check(&self, tunnel: &str, extra: &[&str]) -> (bool, String) {
+        let mut args = vec!["check", tunnel, "--seconds", "2"];
+        args.extend(extra);
+        let out = self.pdscp(&args);
+        let screen = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), screen)
+    }
+}
+
+/// A failed `check` whose screen names `expect`.
+pub fn assert_check_fails_naming(result: (bool, String), expect: &str, what: &str) {
+    let (passed, text) = result;
+    assert!(!passed, "{what}: check must fail:\n{text}");
+    assert!(text.contains(expect), "{what}: expected {expect:?} in:\n{text}");
+    assert!(text.contains("marks are NOT flowing"), "{what}:\n{text}");
+}
+
 /// `attach T --uplink UPLINK --port PORT --mode MODE`, PORT being the
 /// tunnel's outer source port.
 pub fn attach_args(t: &Tunnel, uplink: &str, mode: &str) -> Vec<String> {

@@ -57,6 +57,22 @@ pub fn send_udp(ns: &Netns, dst: IpAddr, dport: u16, tos: u8, count: usize) -> u
     })
 }
 
+/// UDP from `ns` to `dst` (port 9700) marked `tos`, 200 datagrams a second
+/// for `secs` seconds, on a thread; joins to the number sent.
+pub fn steady_udp(ns: &Netns, dst: IpAddr, tos: u8, secs: u32) -> JoinHandle<u32> {
+    ns.spawn("steady udp", move || {
+        let sock = marked_udp_socket(dst, tos);
+        let mut sent = 0;
+        while sent < secs * 200 {
+            // A datagram refused (ICMP unreachable came back) still left.
+            let _ = sock.send_to(b"steady", (dst, 9700));
+            sent += 1;
+            thread::sleep(Duration::from_millis(5));
+        }
+        sent
+    })
+}
+
 /// A TCP socket with TOS / traffic class set before connecting (so the SYN
 /// carries it too), connected to `dst` within [`STEP_TIMEOUT`].
 pub fn tcp_connect(dst: SocketAddr, tos: u8) -> TcpStream {

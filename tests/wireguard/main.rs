@@ -24,6 +24,7 @@ mod flows;
 mod outer;
 
 mod attach;
+mod check;
 mod failover;
 mod lifecycle;
 mod marking;

@@ -330,7 +330,9 @@ int pdscp_writer(struct __sk_buff *skb)
 	block = bpf_map_lookup_elem(&ports, &(__u32){ sport >> 8 });
 	if (!block)
 		goto not_tunnel;
-	slot = block->tunnel[sport & 0xff];
+	/* ports[0].tunnel[0] counts --any-port tunnels: it is no tunnel's slot,
+	 * and port 0 is no tunnel's source port. */
+	slot = sport ? block->tunnel[sport & 0xff] : 0;
 	key.hash = skb->hash;
 	if (slot) {
 		tunnel = slot - 1;

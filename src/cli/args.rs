@@ -81,6 +81,18 @@ pub struct StatusArgs {
     /// node_exporter textfile-collector format
     #[arg(long)]
     pub prometheus: bool,
+    /// A live view, redrawn every SECONDS (default 1): packets and bytes per
+    /// second per tunnel and DSCP class, marked and missed; q or Ctrl-C quits
+    #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "1",
+          value_parser = parse_interval, conflicts_with_all = ["json", "prometheus"])]
+    pub watch: Option<f64>,
+}
+
+fn parse_interval(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if (0.2..=3600.0).contains(&s) => Ok(s),
+        _ => Err(format!("{text:?} is not a number of seconds from 0.2 to 3600")),
+    }
 }
 
 #[derive(clap::Args, Debug)]

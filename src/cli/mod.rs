@@ -16,7 +16,9 @@ use crate::testhooks::journal;
 
 pub mod args;
 pub mod prometheus;
+mod screen;
 pub mod text;
+mod watch;
 
 pub use args::{AttachArgs, CheckArgs, DetachArgs, ModeArg, ReflectArg, StatusArgs};
 
@@ -132,6 +134,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             }
             print_lines(&done);
         }
+        Command::Status(StatusArgs {
+            watch: Some(every), ..
+        }) => watch::watch(&cli.pin_root, *every)?,
         Command::Status(args) => {
             let report = match PinRoot::open_existing(&cli.pin_root, false)? {
                 Some(root) => status::collect(&root)?,

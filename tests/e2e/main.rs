@@ -13,6 +13,7 @@ mod testbed;
 mod check;
 mod failover;
 mod lifecycle;
+mod live_view;
 mod marking;
 mod policy;
 mod reflection;

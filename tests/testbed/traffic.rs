@@ -58,16 +58,19 @@ pub fn send_udp(ns: &Netns, dst: IpAddr, dport: u16, tos: u8, count: usize) -> u
 }
 
 /// UDP from `ns` to `dst` (port 9700) marked `tos`, 200 datagrams a second
-/// for `secs` seconds, on a thread; joins to the number sent.
+/// on a fixed schedule (a late one does not shift the rest) for `secs`
+/// seconds, on a thread; joins to the number sent.
 pub fn steady_udp(ns: &Netns, dst: IpAddr, tos: u8, secs: u32) -> JoinHandle<u32> {
     ns.spawn("steady udp", move || {
         let sock = marked_udp_socket(dst, tos);
+        let start = std::time::Instant::now();
         let mut sent = 0;
         while sent < secs * 200 {
             // A datagram refused (ICMP unreachable came back) still left.
             let _ = sock.send_to(b"steady", (dst, 9700));
             sent += 1;
-            thread::sleep(Duration::from_millis(5));
+            let next = start + Duration::from_millis(5) * sent;
+            thread::sleep(next.saturating_duration_since(std::time::Instant::now()));
         }
         sent
     })

@@ -2,13 +2,12 @@
 //! about one tunnel over a window of seconds (counters read twice, the
 //! uplinks watched in between, optionally a probe sent into the tunnel),
 //! and hands them to `verdicts`. Read-only.
-use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{bail, Result};
 
-use super::report::{LinkCounters, Report, TunnelCounters, TunnelReport};
+use super::report::{Report, TunnelReport};
 use super::status;
 
 mod facts;
@@ -105,7 +104,7 @@ pub fn check(root: Option<&PinRoot>, req: &CheckRequest) -> Result<Diagnosis> {
         priority_only: t.policy.priority_only,
         uplinks,
         routes: t.routes.clone(),
-        traffic: increments(&t.counters, &t_after.counters),
+        traffic: t_after.counters.since(&t.counters),
         probe: match (target, sent) {
             (Some(to), Some(sent)) => Some(Probe {
                 to,
@@ -186,52 +185,6 @@ fn host_in(net: IpAddr, prefix: u8) -> IpAddr {
     }
 }
 
-/// The counters' growth between two readings (a counter that went back,
-/// the tunnel re-attached in between, counts from zero).
-fn increments(before: &TunnelCounters, after: &TunnelCounters) -> TunnelCounters {
-    let n = |b: u64, a: u64| if a >= b { a - b } else { a };
-    let map = |b: &BTreeMap<u8, u64>, a: &BTreeMap<u8, u64>| -> BTreeMap<u8, u64> {
-        a.iter()
-            .map(|(d, v)| (*d, n(b.get(d).copied().unwrap_or(0), *v)))
-            .filter(|(_, v)| *v > 0)
-            .collect()
-    };
-    let by_uplink = after
-        .by_uplink
-        .iter()
-        .map(|(name, a)| {
-            let b = before.by_uplink.get(name).cloned().unwrap_or_default();
-            let link = LinkCounters {
-                marked: n(b.marked, a.marked),
-                marked_by_dscp: map(&b.marked_by_dscp, &a.marked_by_dscp),
-                marked_bytes: n(b.marked_bytes, a.marked_bytes),
-                missed: n(b.missed, a.missed),
-                handshakes: n(b.handshakes, a.handshakes),
-            };
-            (name.clone(), link)
-        })
-        .collect();
-    TunnelCounters {
-        seen: n(before.seen, after.seen),
-        seen_by_dscp: map(&before.seen_by_dscp, &after.seen_by_dscp),
-        seen_bytes_by_dscp: map(&before.seen_bytes_by_dscp, &after.seen_bytes_by_dscp),
-        marked: n(before.marked, after.marked),
-        marked_by_dscp: map(&before.marked_by_dscp, &after.marked_by_dscp),
-        missed: n(before.missed, after.missed),
-        handshakes: n(before.handshakes, after.handshakes),
-        flow_inserts: n(before.flow_inserts, after.flow_inserts),
-        flow_updates: n(before.flow_updates, after.flow_updates),
-        not_ip: n(before.not_ip, after.not_ip),
-        no_hash: n(before.no_hash, after.no_hash),
-        remapped: n(before.remapped, after.remapped),
-        reflected_out_by_dscp: map(&before.reflected_out_by_dscp, &after.reflected_out_by_dscp),
-        reflected_in_by_dscp: map(&before.reflected_in_by_dscp, &after.reflected_in_by_dscp),
-        reflections_learned: n(before.reflections_learned, after.reflections_learned),
-        arrived: n(before.arrived, after.arrived),
-        by_uplink,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,19 +199,5 @@ mod tests {
         assert_eq!(host_in(ip("::"), 0), ip("2001:db8::1"));
         assert_eq!(peer_ip("[2001:db8::2]:51820"), Some(ip("2001:db8::2")));
         assert_eq!(peer_ip("198.51.100.2"), Some(ip("198.51.100.2")));
-    }
-
-    #[test]
-    fn increments_are_the_growth_per_dscp() {
-        let mut before = TunnelCounters::default();
-        before.seen_by_dscp.insert(46, 10);
-        before.marked = 10;
-        let mut after = before.clone();
-        after.seen_by_dscp.insert(46, 25);
-        after.seen_by_dscp.insert(0, 3);
-        after.marked = 22;
-        let d = increments(&before, &after);
-        assert_eq!(d.seen_by_dscp, BTreeMap::from([(0, 3), (46, 15)]));
-        assert_eq!(d.marked, 12);
     }
 }

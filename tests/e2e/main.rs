@@ -11,6 +11,7 @@
 mod testbed;
 
 mod check;
+mod counters;
 mod failover;
 mod lifecycle;
 mod live_view;

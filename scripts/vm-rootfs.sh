@@ -7,7 +7,9 @@
 # What: debootstrap --variant=minbase of bookworm, plus what an operator's
 # router or server would have and the tests drive: systemd and udev, D-Bus,
 # ifupdown, wireguard-tools (wg, wg-quick), NetworkManager, systemd-networkd
-# with networkd-dispatcher, iproute2, ping and tcpdump. No pdscp: the test
+# with networkd-dispatcher, iproute2, ping and tcpdump, and bpftool (to look
+# at the programs and the stamp; it needs no library pdscp's package does not
+# find there anyway: iproute2 has libelf1 and zlib1g). No pdscp: the test
 # installs the .deb itself. The network managers are disabled at boot (each
 # test case starts the one it tries), and NetworkManager is kept off devices
 # the tests did not hand it.
@@ -25,7 +27,7 @@ readonly SUITE=bookworm
 readonly MIRROR=http://deb.debian.org/debian
 readonly PACKAGES=(
     systemd-sysv libpam-systemd udev dbus kmod procps
-    iproute2 iputils-ping tcpdump
+    iproute2 iputils-ping tcpdump bpftool
     ifupdown wireguard-tools network-manager networkd-dispatcher
 )
 # Bump when configure_tree changes, so cached trees are rebuilt.

@@ -32,7 +32,8 @@
 # sees them (and the whole host file system) read-only over 9p, so
 # CARGO_BIN_EXE_pdscp, baked into the test binary as an absolute path, works
 # inside. The system suite builds the .deb with packaging/build-deb.sh
-# (installing cargo-deb and dpkg-dev if missing) and sees only this directory.
+# (installing cargo-deb and dpkg-dev if missing), fails at once if lintian
+# finds an error or warning in it, and sees only this directory.
 # Prints a summary per kernel and suite; exits non-zero if anything failed.
 # Don't rebuild pdscp or the tests while it runs: the guest executes the host's
 # files over 9p, and replacing them under it can hang the guest.
@@ -94,6 +95,11 @@ build_deb() {
         rm -f target/debian/pdscp_*.deb
         packaging/build-deb.sh --quiet >&2
         deb=$(echo target/debian/pdscp_*.deb)
+        # A .deb a Debian maintainer would accept: no lintian error or warning
+        # (info and pedantic tags are allowed; the overrides say why).
+        install_missing_packages lintian || { log "could not install lintian"; exit 2; }
+        log "lintian $deb"
+        lintian --fail-on error,warning "$deb" >&2 || { log "lintian found errors or warnings in $deb"; exit 1; }
     fi
     deb=$(realpath -e -- "$deb") || { log "no .deb: $deb"; exit 2; }
     [[ $deb == "$PWD"/* ]] || { log "the .deb must be inside $PWD (the guest sees only it)"; exit 2; }

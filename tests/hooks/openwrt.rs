@@ -208,5 +208,95 @@ fn mwan3_connected_adds_a_member_and_disconnected_detaches_nothing() {
         "{log}"
     );
     assert_eq!(log.lines().count(), 1, "only that: {log}");
+}
+
+/// A package script of packaging/openwrt/Makefile (`define
+/// Package/pdscp/NAME`) as the build writes it out (`$$` is `$`), with
+/// /usr/sbin/pdscp made `pdscp`.
+fn package_script(name: &str, pdscp: &str) -> String {
+    let makefile = fs::read_to_string(format!("{REPO}/packaging/openwrt/Makefile")).unwrap();
+    let start = format!("define Package/pdscp/{name}\n");
+    let body = makefile
+        .split_once(&start)
+        .and_then(|(_, rest)| rest.split_once("\nendef\n"))
+        .unwrap_or_else(|| panic!("no {start} in the Makefile"))
+        .0;
+    body.replace("$$", "$").replace("/usr/sbin/pdscp", pdscp)
+}
+
+/// Runs a package script as default_postinst and default_prerm do (sourced,
+/// in a subshell), with `extra` in the environment; it must exit 0.
+fn run_package_script(
+    bed: &TestBed,
+    s: &Sandbox,
+    env: &[(String, String)],
+    name: &str,
+    extra: &[(&str, &str)],
+) {
+    let mut argv = ash();
+    let path = s.path(name).display().to_string();
+    argv.extend(["-c", r#"( . "$0" )"#, &path]);
+    exits_0(run_in(&bed.a, &argv, env, extra), name);
+}
+
+/// The package's postinst and prerm, as opkg runs them with the init
+/// script: an upgrade (the old prerm and init stop with PKG_UPGRADE=1, the
+/// new postinst) keeps the tunnels attached and marked; a removal
+/// (PKG_UPGRADE=0) detaches everything. pdscp is not run while nothing is
+/// pinned, nor while an image is assembled (IPKG_INSTROOT).
+#[test]
+fn openwrt_package_scripts() {
+    let (bed, s, env) = bed_and_sandbox();
+    let t8 = bed.add_vxlan("vx8", 108, 40008, Underlay::V4, 8);
+    s.write("uci/pdscp", UCI_PDSCP);
+    // The real pdscp, each call written down.
+    let calls = s.path("calls");
+    s.write_exec(
+        "bin/pdscp-logged",
+        &format!(
+            "#!/bin/sh\necho \"$*\" >>'{}'\nexec '{}' \"$@\"\n",
+            calls.display(),
+            pdscp_bin()
+        ),
+    );
+    let logged = s.path("bin/pdscp-logged").display().to_string();
+    s.write("postinst-pkg", &package_script("postinst", &logged));
+    s.write("prerm-pkg", &package_script("prerm", &logged));
+    let calls = || fs::read_to_string(&calls).unwrap_or_default();
+
+    run_package_script(&bed, &s, &env, "postinst-pkg", &[("PKG_UPGRADE", "0")]);
+    run_package_script(&bed, &s, &env, "prerm-pkg", &[("PKG_UPGRADE", "0")]);
+    assert_eq!(calls(), "", "pdscp was run with nothing pinned");
+
+    openwrt_init(&bed.a, &s, &env, "start");
+    assert_attached(&bed, "vx8", UPLINK, Some(40008), &s);
+
+    // opkg upgrade: old prerm, old init stop, new postinst, new init start.
+    run_package_script(&bed, &s, &env, "prerm-pkg", &[("PKG_UPGRADE", "1")]);
+    let mut upgrading = env.clone();
+    upgrading.push(("PKG_UPGRADE".into(), "1".into()));
+    openwrt_init(&bed.a, &s, &upgrading, "stop");
+    assert_attached(&bed, "vx8", UPLINK, Some(40008), &s);
+    run_package_script(&bed, &s, &env, "postinst-pkg", &[("PKG_UPGRADE", "1")]);
+    assert_eq!(calls(), "upgrade\n");
+    openwrt_init(&bed.a, &s, &upgrading, "start");
+    assert_attached(&bed, "vx8", UPLINK, Some(40008), &s);
+    assert_marked(&udp_through(&bed, &t8));
+
+    // An image being assembled: nothing.
+    run_package_script(
+        &bed,
+        &s,
+        &env,
+        "prerm-pkg",
+        &[("PKG_UPGRADE", "0"), ("IPKG_INSTROOT", "/tmp/image-root")],
+    );
+    assert_attached(&bed, "vx8", UPLINK, Some(40008), &s);
+    assert_eq!(calls(), "upgrade\n");
+
+    // Removal: everything goes, while pdscp is still there.
+    run_package_script(&bed, &s, &env, "prerm-pkg", &[("PKG_UPGRADE", "0")]);
+    assert_eq!(calls(), "upgrade\ndetach --all\n");
+    assert_nothing_left(&bed);
     s.assert_no_errors_logged();
 }

@@ -10,6 +10,11 @@
 #   - the encrypted outer packets captured on the far side of the uplink carry
 #     the inner packets' DSCP (EF and AF11 pings), where a tunnel without pdscp
 #     shows 0.
+# Then it installs the .deb again over itself with tunnels attached (the
+# maintainer scripts' upgrade path: the state stays, and a state stamped as an
+# older pdscp's is upgraded in place), and removes and purges it with tunnels
+# attached (nothing of pdscp's may be left in the kernel). bpftool, in the
+# test system for this, reads and rewrites the stamp and lists programs.
 #
 # The test bed: this machine's uplink is veth up0 (192.0.2.1/24) to a peer
 # host, network namespace "peer" (wan0, 192.0.2.2/24), which runs the far end
@@ -181,6 +186,129 @@ logged() {
     journalctl -q -t pdscp --no-pager | grep -F -- "$1"
 }
 
+# attached_all DEV...: every DEV is attached.
+attached_all() {
+    local dev
+    for dev in "$@"; do
+        attached "$dev" || return 1
+    done
+}
+
+# nothing_in_kernel: nothing pinned under the pin root, no filter of pdscp's on
+# any device, and no pdscp program loaded at all. A TCX link holds its
+# program, so no TCX link of pdscp's is left either.
+nothing_in_kernel() {
+    local dev dir
+    if [[ -d $PIN_ROOT && -n $(ls -A "$PIN_ROOT") ]]; then
+        ls -R "$PIN_ROOT"
+        return 1
+    fi
+    for dev in /sys/class/net/*; do
+        dev=${dev##*/}
+        for dir in egress ingress; do
+            if tc filter show dev "$dev" "$dir" 2>/dev/null | grep 'pdscp_'; then
+                echo "a filter of pdscp's on $dev $dir"
+                return 1
+            fi
+        done
+    done
+    ! bpftool prog show | grep ' name pdscp_'
+}
+
+# programs: pdscp's loaded programs, "ID NAME" a line.
+programs() {
+    bpftool prog show | sed -nE 's/^([0-9]+): .* name (pdscp_[a-z]+) .*/\1 \2/p' | sort
+}
+
+# pins: what is pinned under the pin root, a path a line.
+pins() {
+    (cd "$PIN_ROOT" && find . | sort)
+}
+
+# same_state PINS PROGRAMS: the pins and programs are still these.
+same_state() {
+    [[ $(pins) == "$1" ]] || { echo "pins were:"; echo "$1"; echo "are:"; pins; return 1; }
+    [[ $(programs) == "$2" ]] || { echo "programs were:"; echo "$2"; echo "are:"; programs; return 1; }
+}
+
+# programs_replaced PINS PROGRAMS: the same pins, and programs of the same
+# names with none of these IDs (an upgrade of the programs in place).
+programs_replaced() {
+    local now
+    now=$(programs)
+    [[ $(pins) == "$1" ]] || { echo "pins were:"; echo "$1"; echo "are:"; pins; return 1; }
+    if [[ $(cut -d' ' -f2 <<<"$now") != "$(cut -d' ' -f2 <<<"$2")" ||
+        -n $(comm -12 <(cut -d' ' -f1 <<<"$now" | sort) <(cut -d' ' -f1 <<<"$2" | sort)) ]]; then
+        echo "programs were:"; echo "$2"; echo "are:"; echo "$now"
+        return 1
+    fi
+}
+
+# upgrade_pending YES|NO: what pdscp status says of the state's version.
+upgrade_pending() {
+    local want=$1 json
+    json=$(pdscp status --json) || return 1
+    case $want in
+        yes) grep -q '"upgrade_pending": true' <<<"$json" ;;
+        no) grep -q '"upgrade_pending": false' <<<"$json" ;;
+    esac || { pdscp status; return 1; }
+}
+
+# stamp_bytes: the stamp's value (docs/state.md, Versions), hex bytes.
+stamp_bytes() {
+    bpftool -j map lookup pinned "$PIN_ROOT/stamp" key 0 0 0 0 |
+        grep -o '"value":\[[^]]*\]' | grep -o '0x[0-9a-f]*' | sed 's/^0x//' | tr '\n' ' '
+}
+
+# restamp BYTES [B0 B1 B2 B3]: writes the stamp BYTES, with its version field
+# (bytes 8 to 11, major << 16 | minor << 8 | patch, little-endian) made B0..B3
+# if they are given.
+restamp() {
+    local -a b
+    read -ra b <<<"$1"
+    (($# == 1)) || { b[8]=$2 b[9]=$3 b[10]=$4 b[11]=$5; }
+    bpftool map update pinned "$PIN_ROOT/stamp" key 0 0 0 0 value hex "${b[@]}"
+}
+
+# dpkg_says TEXT ARGS...: `dpkg ARGS` succeeds and says TEXT.
+dpkg_says() {
+    local text=$1 out
+    shift
+    out=$(dpkg "$@" 2>&1) || { echo "$out"; return 1; }
+    grep -qF -- "$text" <<<"$out" || { echo "$out"; echo "(no '$text' in it)"; return 1; }
+}
+
+# dpkg_quiet ARGS...: `dpkg ARGS` succeeds, and pdscp's maintainer scripts
+# say nothing (they had nothing to do).
+dpkg_quiet() {
+    local out
+    out=$(dpkg "$@" 2>&1) || { echo "$out"; return 1; }
+    if grep -q '^pdscp:' <<<"$out"; then
+        echo "$out"
+        return 1
+    fi
+}
+
+# up_wg2_wg3: wg2 up with wg-quick (PostUp attaches it), wg3 with
+# wg-quick@wg3 and pdscp@wg3 enabled (the device's appearance attaches it).
+up_wg2_wg3() {
+    wg_conf 2 "Address = 10.2.0.1/24
+PostUp = pdscp attach %i
+PreDown = pdscp detach %i || true" >/etc/wireguard/wg2.conf
+    wg_conf 3 "Address = 10.3.0.1/24" >/etc/wireguard/wg3.conf
+    check "wg-quick up wg2" wg-quick up wg2
+    check "systemctl enable pdscp@wg3" systemctl enable --quiet pdscp@wg3
+    check "systemctl start wg-quick@wg3" systemctl start wg-quick@wg3
+    check "wg2 and wg3 are attached" wait_for 30 attached_all wg2 wg3
+}
+
+# down_wg2_wg3: both down again, and their configuration gone.
+down_wg2_wg3() {
+    check "wg-quick down wg2" wg-quick down wg2
+    check "systemctl stop wg-quick@wg3" systemctl stop wg-quick@wg3
+    rm -f /etc/wireguard/wg2.conf /etc/wireguard/wg3.conf
+}
+
 # ---------------------------------------------------------------------------
 # The cases
 # ---------------------------------------------------------------------------
@@ -333,13 +461,87 @@ EOF
     systemctl stop NetworkManager
 }
 
+case_upgrade() {
+    say "dpkg -i of the installed .deb again, tunnels attached (prerm upgrade, postinst configure)"
+    up_wg2_wg3
+    local pins_before progs_before stamp
+    pins_before=$(pins)
+    progs_before=$(programs)
+    check "dpkg -i: the scripts have nothing to say" dpkg_quiet -i "$DEB"
+    check "the same pins and programs as before" same_state "$pins_before" "$progs_before"
+    check "pdscp@wg3 is still active" unit_state pdscp@wg3 active
+    check "status: no upgrade pending" upgrade_pending no
+    check "wg2 is marked" marked 2
+    check "wg3 is marked" marked 3
+
+    say "the state stamped by an older pdscp 0.1.9: dpkg -i upgrades it in place"
+    stamp=$(stamp_bytes)
+    check "restamp 0.1.9" restamp "$stamp" 09 01 00 00
+    check "status: upgrade pending" upgrade_pending yes
+    check "dpkg -i: postinst upgraded the state" \
+        dpkg_says "pdscp: upgraded the state from pdscp 0.1.9 (layout 2) to pdscp 0.2.0" -i "$DEB"
+    check "the same pins; new programs in place of the old" programs_replaced "$pins_before" "$progs_before"
+    check "status: no upgrade pending" upgrade_pending no
+    check "wg2 and wg3 are attached" attached_all wg2 wg3
+    check "wg2 is marked" marked 2
+    check "wg3 is marked" marked 3
+
+    say "the state stamped by a newer pdscp 99.0.0: dpkg -i says so and goes on"
+    stamp=$(stamp_bytes)
+    pins_before=$(pins)
+    progs_before=$(programs)
+    check "restamp 99.0.0" restamp "$stamp" 00 00 63 00
+    check "dpkg -i succeeds, postinst warns" dpkg_says "this pdscp can neither use nor detach it" -i "$DEB"
+    check "nothing changed" same_state "$pins_before" "$progs_before"
+    check "restamp as it was" restamp "$stamp"
+    check "status: no upgrade pending" upgrade_pending no
+    check "wg2 is marked" marked 2
+
+    down_wg2_wg3
+    check "pdscp@wg3 stopped with its device" wait_for 30 unit_state pdscp@wg3 inactive
+    check "nothing left" nothing_left
+    systemctl disable --quiet pdscp@wg3
+}
+
+case_remove() {
+    say "dpkg -r with tunnels attached: nothing of pdscp's stays in the kernel"
+    dpkg -s pdscp >/dev/null 2>&1 || check "dpkg -i" dpkg -i "$DEB"
+    up_wg2_wg3
+    check "dpkg -r pdscp: prerm detached wg2 and released up0" \
+        dpkg_says "pdscp: $UPLINK: released" -r pdscp
+    check "prerm stopped pdscp@wg3 first" unit_state pdscp@wg3 inactive
+    check "no pins, filters, programs or links of pdscp's" wait_for 10 nothing_in_kernel
+    check "the binary is gone, the conffiles are not" \
+        test ! -e /usr/sbin/pdscp -a -e /etc/pdscp/tunnels -a -e /etc/network/if-up.d/pdscp
+    check "wg-quick down wg2 (its PreDown finds no pdscp)" wg-quick down wg2
+    check "systemctl stop wg-quick@wg3" systemctl stop wg-quick@wg3
+    check "dpkg -P pdscp (removed: only postrm purge is left)" dpkg -P pdscp
+    check "the conffiles are gone" test ! -e /etc/pdscp/tunnels -a ! -e /etc/network/if-up.d/pdscp
+    # The operator's `systemctl enable pdscp@wg3`, which no package script undoes.
+    rm -f /etc/systemd/system/sys-subsystem-net-devices-wg3.device.wants/pdscp@wg3.service
+
+    say "dpkg -P of the installed package, a tunnel attached"
+    check "dpkg -i" dpkg -i "$DEB"
+    check "wg-quick up wg2" wg-quick up wg2
+    check "wg2 is attached" attached wg2
+    check "dpkg -P pdscp: prerm detached wg2" dpkg_says "pdscp: wg2: detached" -P pdscp
+    check "no pins, filters, programs or links of pdscp's" wait_for 10 nothing_in_kernel
+    check "wg-quick down wg2" wg-quick down wg2
+
+    say "dpkg -r with nothing attached"
+    check "dpkg -i" dpkg -i "$DEB"
+    check "dpkg -r pdscp: the scripts have nothing to say" dpkg_quiet -r pdscp
+    check "dpkg -P pdscp" dpkg -P pdscp
+    rm -f /etc/wireguard/wg2.conf /etc/wireguard/wg3.conf
+}
+
 main() {
     # shellcheck disable=SC1091 # the guest's own file
     say "kernel $(uname -r), $(. /etc/os-release && echo "$PRETTY_NAME"), systemd $(systemctl --version | sed -n '1s/[^0-9]*\([0-9]*\).*/\1/p')"
     setup_bed
     local c
     # PDSCP_SYSTEM_CASES: run only these (e.g. "install networkmanager"), for debugging.
-    for c in ${PDSCP_SYSTEM_CASES:-before_install install ifupdown wg_quick systemd_unit networkd networkmanager}; do
+    for c in ${PDSCP_SYSTEM_CASES:-before_install install ifupdown wg_quick systemd_unit networkd networkmanager upgrade remove}; do
         declare -F "case_$c" >/dev/null || { echo "fresh-debian.sh: no case $c" >&2; exit 2; }
         "case_$c"
     done

@@ -8,10 +8,10 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use super::*;
 
 /// Somebody else's programs beside pdscp's: test_foreign as a cls_bpf filter
-/// (prio FOREIGN_PRIO) and as a pinned TCX link, each on the uplink's and the
+/// (prio FOREIGN_PRIO) and as a pinned TCX link, each on both uplinks' and the
 /// tunnel's egress, pinned with its map in a directory of its own under
-/// /sys/fs/bpf; and u32 counter filters (prio COUNTER_PRIO) on the uplink's egress
-/// and ingress and the tunnel's egress.
+/// /sys/fs/bpf; and u32 counter filters (prio COUNTER_PRIO) on both uplinks'
+/// egress, up0's ingress and the tunnel's egress.
 struct Foreign {
     dir: Scratch,
     tunnel: String,
@@ -24,12 +24,24 @@ enum ForeignHook {
 }
 
 impl Foreign {
-    fn hooks(&self) -> [(&'static str, &str, ForeignHook); 4] {
+    fn hooks(&self) -> [(&'static str, &str, ForeignHook); 6] {
         [
             ("cls_up", UPLINK, ForeignHook::Cls),
+            ("cls_up1", UP1, ForeignHook::Cls),
             ("cls_tun", &self.tunnel, ForeignHook::Cls),
             ("tcx_up", UPLINK, ForeignHook::Tcx),
+            ("tcx_up1", UP1, ForeignHook::Tcx),
             ("tcx_tun", &self.tunnel, ForeignHook::Tcx),
+        ]
+    }
+
+    /// The u32 counters: (label, device, direction).
+    fn counters(&self) -> [(&'static str, &str, TcDir); 4] {
+        [
+            ("u32_up_egress", UPLINK, TcDir::Egress),
+            ("u32_up1_egress", UP1, TcDir::Egress),
+            ("u32_up_ingress", UPLINK, TcDir::Ingress),
+            ("u32_tun_egress", &self.tunnel, TcDir::Egress),
         ]
     }
 
@@ -45,9 +57,9 @@ impl Foreign {
                 ForeignHook::Tcx => add_foreign_tcx(&bed.a, dev, &prog_pin, &f.pin(label, "link")),
             }
         }
-        tc_filter_add_counter(&bed.a, UPLINK, TcDir::Egress, COUNTER_PRIO);
-        tc_filter_add_counter(&bed.a, UPLINK, TcDir::Ingress, COUNTER_PRIO);
-        tc_filter_add_counter(&bed.a, tunnel, TcDir::Egress, COUNTER_PRIO);
+        for (_, dev, dir) in f.counters() {
+            tc_filter_add_counter(&bed.a, dev, dir, COUNTER_PRIO);
+        }
         f
     }
 
@@ -66,11 +78,7 @@ impl Foreign {
                 .expect("entry 0");
             out.insert(label.to_string(), u64::from_ne_bytes(v[..8].try_into().unwrap()));
         }
-        for (label, dev, dir) in [
-            ("u32_up_egress", UPLINK, TcDir::Egress),
-            ("u32_up_ingress", UPLINK, TcDir::Ingress),
-            ("u32_tun_egress", self.tunnel.as_str(), TcDir::Egress),
-        ] {
+        for (label, dev, dir) in self.counters() {
             out.insert(
                 label.to_string(),
                 tc_filter_packets(&bed.a, dev, dir, COUNTER_PRIO),
@@ -112,11 +120,7 @@ impl Foreign {
                 );
             }
         }
-        for (dev, dir) in [
-            (UPLINK, TcDir::Egress),
-            (UPLINK, TcDir::Ingress),
-            (self.tunnel.as_str(), TcDir::Egress),
-        ] {
+        for (_, dev, dir) in self.counters() {
             assert!(
                 tc_filter_exists(&bed.a, dev, dir, COUNTER_PRIO),
                 "{when}: u32 counter on {dev} {dir:?}"
@@ -124,17 +128,25 @@ impl Foreign {
         }
     }
 
-    /// Sends EF through the tunnel and checks every foreign counter rose.
+    /// Sends 10 EF packets through the tunnel routed over each uplink in
+    /// turn, and checks every foreign counter rose.
     fn assert_counting(&self, bed: &TestBed, t: &Tunnel, dport: u16, when: &str) -> Vec<Vec<u8>> {
         let before = self.counts(bed);
-        let w = wire(bed, &[UPLINK]);
-        send_ef(bed, &[t], dport, 10);
+        let w = wire(bed, &[UPLINK, UP1]);
+        for uplink in [UP1, UPLINK] {
+            bed.route_via(uplink);
+            send_ef(bed, &[t], dport, 10);
+        }
         // Something for the uplink's ingress too.
         send_udp(&bed.b, A_V4.into(), dport, 0, 3);
         let frames = w.stop();
         let after = self.counts(bed);
         for (k, b) in &before {
-            let min = if k == "u32_up_ingress" { 3 } else { 10 };
+            let min = match k.as_str() {
+                "u32_up_ingress" => 3,
+                k if k.ends_with("_tun") || k.ends_with("tun_egress") => 20,
+                _ => 10,
+            };
             assert!(
                 after[k] >= b + min,
                 "{when}: {k} rose by {} (from {b})",
@@ -146,15 +158,16 @@ impl Foreign {
 }
 
 /// Other filters, TCX programs and pins survive every pdscp command (crashes
-/// half way included) and keep counting while pdscp is attached.
+/// half way included) and keep counting while pdscp is attached, with the
+/// tunnel on two uplinks.
 fn collateral(mode: &str) {
-    let bed = TestBed::new();
-    let t = bed.add_vxlan("wg0", 100, 51820, Underlay::V4, 1);
-    let t2 = bed.add_vxlan("wg2", 102, 51830, Underlay::V4, 2);
+    let bed = two_uplinks();
+    let t = bed.loopback_tunnel("wg0", 100, 51820, 1);
+    let t2 = bed.loopback_tunnel("wg2", 102, 51830, 2);
     let f = Foreign::install(&bed, "wg0");
     f.assert_intact(&bed, "installed");
     let frames = f.assert_counting(&bed, &t, 9500, "before pdscp");
-    expect_unmarked(&frames, &t, 9500, 10, "before pdscp");
+    expect_unmarked(&frames, &t, 9500, 20, "before pdscp");
 
     let mut commands = 0;
     let mut crashes = 0;
@@ -178,12 +191,12 @@ fn collateral(mode: &str) {
     };
     let args = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
 
-    step(attach_args(&t, UPLINK, mode), None);
-    step(attach_args(&t, UPLINK, mode), None);
+    step(attach_args_on(&t, &[UPLINK, UP1], mode), None);
+    step(attach_args_on(&t, &[UPLINK, UP1], mode), None);
     step(args(&["status"]), None);
     step(args(&["gc"]), None);
     let frames = f.assert_counting(&bed, &t, 9501, &format!("{mode}: attached"));
-    expect_marked(&frames, &t, 9501, 10, "attached beside foreign programs");
+    expect_marked(&frames, &t, 9501, 20, "attached beside foreign programs");
 
     // Crash half way through attaching a second tunnel, then repair.
     let half = if mode == "tcx" {
@@ -191,9 +204,16 @@ fn collateral(mode: &str) {
     } else {
         "attach:clsact-ready"
     };
-    step(attach_args(&t2, UPLINK, mode), Some(half));
+    step(attach_args_on(&t2, &[UPLINK, UP1], mode), Some(half));
     let frames = f.assert_counting(&bed, &t, 9502, &format!("{mode}: after a crash"));
-    expect_marked(&frames, &t, 9502, 10, "after a crash");
+    expect_marked(&frames, &t, 9502, 20, "after a crash");
+    step(args(&["gc"]), None);
+    // Crash while the tunnel leaves one uplink, then repair.
+    step(
+        args(&["detach", "wg0", "--uplink", UP1]),
+        Some("detach:writer-detached"),
+    );
+    f.assert_counting(&bed, &t, 9506, &format!("{mode}: after a crash leaving up1"));
     step(args(&["gc"]), None);
     // Crash while the last tunnel takes the uplink down, then repair.
     step(args(&["detach", "wg0"]), Some("detach:writer-detached"));
@@ -201,15 +221,15 @@ fn collateral(mode: &str) {
     step(args(&["gc"]), None);
     assert_state(&bed, &Attached::new(), "after gc");
 
-    step(attach_args(&t, UPLINK, mode), None);
+    step(attach_args_on(&t, &[UPLINK, UP1], mode), None);
     let frames = f.assert_counting(&bed, &t, 9504, &format!("{mode}: attached again"));
-    expect_marked(&frames, &t, 9504, 10, "attached again");
+    expect_marked(&frames, &t, 9504, 20, "attached again");
     step(args(&["detach", "wg0"]), None);
     step(args(&["detach", "wg0"]), None);
     step(args(&["gc"]), None);
     assert!(pdscp_hooks(&bed.a).is_empty(), "{mode}: pdscp gone");
     let frames = f.assert_counting(&bed, &t, 9505, &format!("{mode}: pdscp detached"));
-    expect_unmarked(&frames, &t, 9505, 10, "detached");
+    expect_unmarked(&frames, &t, 9505, 20, "detached");
     eprintln!(
         "collateral {mode}: {commands} pdscp commands ({crashes} crashed), foreign state intact after each"
     );

@@ -29,6 +29,43 @@ impl Rng {
     }
 }
 
+/// Runs every command of `cmds` at once (behind a barrier), journaling to
+/// `journal` (emptied first); returns their outputs in `cmds`' order.
+fn all_at_once(bed: &TestBed, cmds: &[Vec<String>], journal: &std::path::Path) -> Vec<Output> {
+    let _ = fs::remove_file(journal);
+    let barrier = Barrier::new(cmds.len());
+    thread::scope(|s| {
+        let handles: Vec<_> = cmds
+            .iter()
+            .map(|args| {
+                let mut cmd = pdscp_cmd(&bed.pin_root, Some(&bed.a), args);
+                cmd.env("PDSCP_TEST_JOURNAL", journal);
+                let barrier = &barrier;
+                s.spawn(move || {
+                    barrier.wait();
+                    run_cmd(cmd)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("command thread"))
+            .collect()
+    })
+}
+
+/// The journal's (verb, tunnel) lines, in lock order.
+fn journal_entries(journal: &std::path::Path) -> Vec<(String, String)> {
+    fs::read_to_string(journal)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let (verb, name) = l.split_once(' ').unwrap_or_else(|| panic!("journal line {l:?}"));
+            (verb.to_string(), name.to_string())
+        })
+        .collect()
+}
+
 /// 32 attach/detach commands on 8 tunnels over 2 uplinks (up0 in tcx mode,
 /// up1 in tc mode), all started at once behind a barrier, twice. The end
 /// state is exactly what the last command per tunnel (in the journal's lock
@@ -44,7 +81,7 @@ fn concurrent_commands_end_as_the_last_one_asked() {
             let (uplink, a_ip, b_ip, mode) = if i < 4 {
                 (UPLINK, A_V4, B_V4, "tcx")
             } else {
-                (UP1, A1_V4, B1_V4, "tc")
+                (UP1, UP1_A, UP1_B, "tc")
             };
             let name = format!("ct{i}");
             let spec = TunnelSpec {
@@ -69,32 +106,18 @@ fn concurrent_commands_end_as_the_last_one_asked() {
         // Four commands per tunnel, attach or detach at random, in random order.
         let mut cmds: Vec<(usize, bool)> = (0..32).map(|k| (k % 8, rng.next() % 2 == 0)).collect();
         rng.shuffle(&mut cmds);
-        let _ = fs::remove_file(&journal);
-        let barrier = Barrier::new(cmds.len());
-        let outs: Vec<Output> = thread::scope(|s| {
-            let handles: Vec<_> = cmds
-                .iter()
-                .map(|&(i, is_attach)| {
-                    let (t, uplink, mode) = &tunnels[i];
-                    let args = if is_attach {
-                        attach_args(t, uplink, mode)
-                    } else {
-                        vec!["detach".to_string(), t.name.clone()]
-                    };
-                    let mut cmd = pdscp_cmd(&bed.pin_root, Some(&bed.a), &args);
-                    cmd.env("PDSCP_TEST_JOURNAL", &journal);
-                    let barrier = &barrier;
-                    s.spawn(move || {
-                        barrier.wait();
-                        run_cmd(cmd)
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("command thread"))
-                .collect()
-        });
+        let args: Vec<Vec<String>> = cmds
+            .iter()
+            .map(|&(i, is_attach)| {
+                let (t, uplink, mode) = &tunnels[i];
+                if is_attach {
+                    attach_args(t, uplink, mode)
+                } else {
+                    vec!["detach".to_string(), t.name.clone()]
+                }
+            })
+            .collect();
+        let outs = all_at_once(&bed, &args, &journal);
         commands += outs.len();
         let mut not_attached_detaches = 0;
         for (out, &(i, is_attach)) in outs.into_iter().zip(&cmds) {
@@ -107,11 +130,8 @@ fn concurrent_commands_end_as_the_last_one_asked() {
         // The journal: one line per completed change, in lock order. A
         // detach that found no pin root at all (before any attach made it)
         // writes none: it came first, and changed nothing.
-        let lines = fs::read_to_string(&journal).unwrap_or_default();
-        let entries: Vec<(&str, &str)> = lines
-            .lines()
-            .map(|l| l.split_once(' ').unwrap_or_else(|| panic!("journal line {l:?}")))
-            .collect();
+        let entries = journal_entries(&journal);
+        let lines = format!("{entries:?}");
         let attaches = cmds.iter().filter(|c| c.1).count();
         assert_eq!(
             entries.iter().filter(|e| e.0 == "attach").count(),
@@ -123,7 +143,7 @@ fn concurrent_commands_end_as_the_last_one_asked() {
             "only detaches of nothing go unjournaled: {lines}"
         );
         for (verb, name) in &entries {
-            attached.insert(name.to_string(), *verb == "attach");
+            attached.insert(name.to_string(), verb == "attach");
         }
 
         let mut expected = Attached::new();
@@ -227,4 +247,75 @@ fn concurrent_commands_end_as_the_last_one_asked() {
         );
     }
     eprintln!("concurrency: {commands} commands in all");
+}
+
+/// 24 commands at once on 6 tunnels between the loopbacks, each attached to
+/// both uplinks at once or detached, while two bound tunnels keep up0 in tcx
+/// and up1 in tc mode (so every attach meets both modes), twice. The end
+/// state is what the last command per tunnel asked for, in the pins and
+/// status, and on the wire with the route over up0 and then over up1.
+#[test]
+fn concurrent_commands_on_tunnels_sharing_two_uplinks_end_as_the_last_one_asked() {
+    let bed = two_uplinks();
+    let anchors = [
+        bed.add_tunnel(&on("anc0", 500, 43100, UPLINK, A_V4, B_V4, 30), false),
+        bed.add_tunnel(&on("anc1", 501, 43102, UP1, UP1_A, UP1_B, 31), false),
+    ];
+    attach(&bed, &anchors[0], UPLINK, "tcx");
+    attach(&bed, &anchors[1], UP1, "tc");
+    let tunnels: Vec<Tunnel> = (0u8..6)
+        .map(|i| {
+            bed.loopback_tunnel(
+                &format!("mu{i}"),
+                510 + u32::from(i),
+                43000 + 2 * u16::from(i),
+                40 + i,
+            )
+        })
+        .collect();
+    let scratch = Scratch::new(&std::env::temp_dir(), "pdscp-journal");
+    let journal = scratch.path().join("journal");
+    let mut rng = Rng(0x5851_f42d_4c95_7f2d);
+    let mut attached: BTreeMap<String, bool> = tunnels.iter().map(|t| (t.name.clone(), false)).collect();
+    for round in 0..2u16 {
+        let mut cmds: Vec<(usize, bool)> = (0..24).map(|k| (k % 6, rng.next() % 2 == 0)).collect();
+        rng.shuffle(&mut cmds);
+        let args: Vec<Vec<String>> = cmds
+            .iter()
+            .map(|&(i, is_attach)| match is_attach {
+                true => attach_args_on(&tunnels[i], &[UPLINK, UP1], "auto"),
+                false => vec!["detach".to_string(), tunnels[i].name.clone()],
+            })
+            .collect();
+        for out in all_at_once(&bed, &args, &journal) {
+            ok(out);
+        }
+        for (verb, name) in journal_entries(&journal) {
+            attached.insert(name, verb == "attach");
+        }
+        let mut expected = attached_map(&[(UPLINK, &["anc0"]), (UP1, &["anc1"])]);
+        for t in tunnels.iter().filter(|t| attached[&t.name]) {
+            for uplink in [UPLINK, UP1] {
+                expected
+                    .entry(uplink.to_string())
+                    .or_default()
+                    .insert(t.name.clone());
+            }
+        }
+        assert_state(&bed, &expected, &format!("round {round}"));
+        for (k, uplink) in [UPLINK, UP1].into_iter().enumerate() {
+            bed.route_via(uplink);
+            let w = wire(&bed, &[uplink]);
+            let dport = 9500 + 2 * round + k as u16;
+            let all: Vec<&Tunnel> = tunnels.iter().collect();
+            send_ef(&bed, &all, dport, 3);
+            let frames = w.stop();
+            for t in &tunnels {
+                let what = format!("round {round}, routed over {uplink}");
+                expect_marked_iff(&frames, t, dport, 3, attached[&t.name], &what);
+            }
+        }
+        bed.route_via(UPLINK);
+        eprintln!("concurrency on two uplinks, round {round}: end state {expected:?}");
+    }
 }

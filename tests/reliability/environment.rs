@@ -174,7 +174,7 @@ impl Drop for MemoryCgroup {
 fn attach_that_fails_to_load_leaves_nothing() {
     let bed = two_uplinks();
     let by = bed.add_tunnel(&on("lf0", 501, 44000, UPLINK, A_V4, B_V4, 1), false);
-    let t = bed.add_tunnel(&on("lf1", 502, 44010, UP1, A1_V4, B1_V4, 2), false);
+    let t = bed.add_tunnel(&on("lf1", 502, 44010, UP1, UP1_A, UP1_B, 2), false);
     attach(&bed, &by, UPLINK, "auto");
     let before = status_without_counters(&bed.pin_root, &bed.a);
     let pins_before = listing(&bed.pin_root);

@@ -23,9 +23,10 @@ const REPAIRS: [Repair; 4] = [
 ];
 
 /// For every crash step of `mode`: on a victim tunnel that shares the
-/// bystander's uplink, on one with an uplink of its own, and on one alone in
-/// a pin root of its own (steps such as loading and unpinning happen only
-/// when the shared state is first made or last removed): crash there, send
+/// bystander's uplink, on one with an uplink of its own, on one attached to
+/// both uplinks at once (routed over up0), and on one alone in a pin root of
+/// its own (steps such as loading and unpinning happen only when the shared
+/// state is first made or last removed): crash there, send
 /// through the bystander right away, repair with the next command (attach
 /// again / detach / status then gc / gc, in turn), check that no orphaned
 /// program, link or pin is left and that status agrees, send again, then
@@ -39,19 +40,25 @@ fn interruptions(mode: &str) {
         (
             &bed,
             bed.add_tunnel(&on("vic0", 301, 42010, UPLINK, A_V4, B_V4, 2), false),
-            UPLINK,
+            &[UPLINK][..],
             Some(&by),
         ),
         (
             &bed,
-            bed.add_tunnel(&on("vic1", 302, 42020, UP1, A1_V4, B1_V4, 3), false),
-            UP1,
+            bed.add_tunnel(&on("vic1", 302, 42020, UP1, UP1_A, UP1_B, 3), false),
+            &[UP1],
+            Some(&by),
+        ),
+        (
+            &bed,
+            bed.loopback_tunnel("vic3", 304, 42040, 5),
+            &[UPLINK, UP1],
             Some(&by),
         ),
         (
             &lone,
             lone.add_tunnel(&on("vic2", 303, 42030, UPLINK, A_V4, B_V4, 4), false),
-            UPLINK,
+            &[UPLINK],
             None,
         ),
     ];
@@ -67,25 +74,25 @@ fn interruptions(mode: &str) {
     let mut failures = Vec::new();
     let mut repairs = REPAIRS.iter().cycle();
     for step in CRASH_STEPS.iter().filter(|s| step_applies(s, mode)) {
-        for (bed, vic, uplink, by) in &victims {
+        for (bed, vic, uplinks, by) in &victims {
             let bed: &TestBed = bed;
             let bystanders: Vec<&Tunnel> = by.iter().copied().collect();
             let before = match by {
                 Some(_) => only_by.clone(),
                 None => Attached::new(),
             };
-            let what = format!("{mode} {step} ({} on {uplink})", vic.name);
+            let what = format!("{mode} {step} ({} on {})", vic.name, uplinks.join(" and "));
             // One scenario; a failure is recorded and the next one goes on.
             let scenario = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 let is_detach = step.starts_with("detach:");
                 if is_detach {
-                    attach(bed, vic, uplink, mode);
+                    attach_on(bed, vic, uplinks, mode);
                     commands += 1;
                 }
                 let args = if is_detach {
                     vec!["detach".to_string(), vic.name.clone()]
                 } else {
-                    attach_args(vic, uplink, mode)
+                    attach_args_on(vic, uplinks, mode)
                 };
                 let out = pd_crash(bed, step, &args);
                 commands += 1;
@@ -113,7 +120,7 @@ fn interruptions(mode: &str) {
                 let what = format!("{what}, repaired by {repair:?}");
                 match repair {
                     Repair::AttachAgain => {
-                        let msg = attach(bed, vic, uplink, mode);
+                        let msg = attach_on(bed, vic, uplinks, mode);
                         assert!(msg.contains("attached"), "{what}: {msg}");
                     }
                     Repair::Detach => {
@@ -134,10 +141,7 @@ fn interruptions(mode: &str) {
                 let vic_attached = matches!(repair, Repair::AttachAgain);
                 let mut expected = before.clone();
                 if vic_attached {
-                    expected
-                        .entry(uplink.to_string())
-                        .or_default()
-                        .insert(vic.name.clone());
+                    attached_to(&mut expected, vic, uplinks);
                 }
                 // Checked after the wire below, so a failure here still
                 // reports what the bystander's packets did.
@@ -147,12 +151,9 @@ fn interruptions(mode: &str) {
                 send_ef(bed, &both, 9102, 3);
                 if repaired.is_ok() {
                     // The crashed tunnel attaches and marks.
-                    attach(bed, vic, uplink, mode);
+                    attach_on(bed, vic, uplinks, mode);
                     commands += 1;
-                    expected
-                        .entry(uplink.to_string())
-                        .or_default()
-                        .insert(vic.name.clone());
+                    attached_to(&mut expected, vic, uplinks);
                     assert_state(bed, &expected, &format!("{what}: final attach"));
                     send_ef(bed, &both, 9103, 3);
                 }
@@ -225,6 +226,15 @@ fn interruptions(mode: &str) {
     );
 }
 
+fn attached_to(expected: &mut Attached, t: &Tunnel, uplinks: &[&str]) {
+    for uplink in uplinks {
+        expected
+            .entry(uplink.to_string())
+            .or_default()
+            .insert(t.name.clone());
+    }
+}
+
 /// Was a bug (fixed): a detach after an interrupted command on a fresh uplink
 /// says "not attached" (exit 0) and repairs nothing when the tunnel's
 /// directory was not made yet (attach crashed before it) or is already gone
@@ -240,7 +250,7 @@ fn interruptions(mode: &str) {
 fn detach_repairs_an_interrupted_command() {
     let bed = two_uplinks();
     let by = bed.add_tunnel(&on("by0", 300, 42000, UPLINK, A_V4, B_V4, 1), false);
-    let vic = bed.add_tunnel(&on("vic1", 302, 42020, UP1, A1_V4, B1_V4, 3), false);
+    let vic = bed.add_tunnel(&on("vic1", 302, 42020, UP1, UP1_A, UP1_B, 3), false);
     let only_by = attached_map(&[(UPLINK, &["by0"])]);
     let mut left = Vec::new();
     let mut tried = 0;

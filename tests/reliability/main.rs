@@ -39,10 +39,6 @@ use std::process::Output;
 
 use testbed::*;
 
-/// The second uplink, between a and b beside up0.
-const UP1: &str = "up1";
-const A1_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
-const B1_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
 /// EF, the mark every test flow carries.
 const EF: u8 = 0xb8;
 
@@ -66,10 +62,12 @@ fn crashed(out: &Output) -> bool {
 // The bed: a second uplink, tunnels on a chosen uplink
 // ---------------------------------------------------------------------------
 
-/// The test bed with [`UP1`] beside up0.
+/// The test bed with [`UP1`] beside up0, and the loopback ends for
+/// tunnels whose route picks the uplink.
 fn two_uplinks() -> TestBed {
     let bed = TestBed::new();
-    bed.add_veth(UP1, A1_V4, B1_V4, 1);
+    bed.add_up1();
+    bed.loopback_ends();
     bed
 }
 

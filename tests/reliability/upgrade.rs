@@ -94,7 +94,7 @@ impl Steady {
 fn old_state(mode: &str) -> (TestBed, Vec<Tunnel>) {
     let bed = two_uplinks();
     let t0 = bed.add_tunnel(&on("ug0", 400, 45000, UPLINK, A_V4, B_V4, 1), false);
-    let t1 = bed.add_tunnel(&on("ug1", 401, 45010, UP1, A1_V4, B1_V4, 2), false);
+    let t1 = bed.add_tunnel(&on("ug1", 401, 45010, UP1, UP1_A, UP1_B, 2), false);
     for (t, up) in [(&t0, UPLINK), (&t1, UP1)] {
         let port = t.srcport.to_string();
         ok(old(
@@ -269,7 +269,7 @@ fn newer_programs(mode: &str) {
         );
         let bed = two_uplinks();
         let t0 = bed.add_tunnel(&on("ug0", 400, 45000, UPLINK, A_V4, B_V4, 1), false);
-        let t1 = bed.add_tunnel(&on("ug1", 401, 45010, UP1, A1_V4, B1_V4, 2), false);
+        let t1 = bed.add_tunnel(&on("ug1", 401, 45010, UP1, UP1_A, UP1_B, 2), false);
         attach(&bed, &t0, UPLINK, mode);
         attach(&bed, &t1, UP1, mode);
         restamp(&bed.pin_root, (0, 1, 9), true);

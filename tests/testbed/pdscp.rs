@@ -181,17 +181,29 @@ pub fn assert_check_fails_naming(result: (bool, String), expect: &str, what: &st
 /// `attach T --uplink UPLINK --port PORT --mode MODE`, PORT being the
 /// tunnel's outer source port.
 pub fn attach_args(t: &Tunnel, uplink: &str, mode: &str) -> Vec<String> {
+    attach_args_on(t, &[uplink], mode)
+}
+
+/// The same with `--uplink` once for each of `uplinks`.
+pub fn attach_args_on(t: &Tunnel, uplinks: &[&str], mode: &str) -> Vec<String> {
     let port = t.srcport.to_string();
-    [
-        "attach", &t.name, "--uplink", uplink, "--port", &port, "--mode", mode,
-    ]
-    .map(String::from)
-    .to_vec()
+    let mut args: Vec<String> = ["attach", &t.name, "--port", &port, "--mode", mode]
+        .map(String::from)
+        .to_vec();
+    for uplink in uplinks {
+        args.extend(["--uplink".to_string(), uplink.to_string()]);
+    }
+    args
 }
 
 /// Attaches `t` to `uplink` in the bed; returns what pdscp said.
 pub fn attach(bed: &TestBed, t: &Tunnel, uplink: &str, mode: &str) -> String {
-    ok(bed.pdscp(&attach_args(t, uplink, mode)))
+    attach_on(bed, t, &[uplink], mode)
+}
+
+/// Attaches `t` to every one of `uplinks` at once.
+pub fn attach_on(bed: &TestBed, t: &Tunnel, uplinks: &[&str], mode: &str) -> String {
+    ok(bed.pdscp(&attach_args_on(t, uplinks, mode)))
 }
 
 /// Detaches `t` in the bed; returns what pdscp said.

@@ -9,7 +9,8 @@
 #   - pdscp attached the tunnel (its pins) or left nothing behind, and
 #   - the encrypted outer packets captured on the far side of the uplink carry
 #     the inner packets' DSCP (EF and AF11 pings), where a tunnel without pdscp
-#     shows 0.
+#     shows 0; also after the route to a tunnel's peer moves to a second
+#     uplink (failover), with no pdscp command in between.
 # Then it installs the .deb again over itself with tunnels attached (the
 # maintainer scripts' upgrade path: the state stays, and a state stamped as an
 # older pdscp's is upgraded in place), and removes and purges it with tunnels
@@ -76,7 +77,7 @@ setup_bed() {
     ip -n peer link set lo up
     # No offloads on the path: one captured packet is one packet sent.
     local n
-    for n in 1 2 3 4 5 6; do
+    for n in 1 2 3 4 5 6 7; do
         PRIV[$n]=$(wg genkey)
         PUB[$n]=$(wg pubkey <<<"${PRIV[$n]}")
         PEER_PRIV[$n]=$(wg genkey)
@@ -111,15 +112,16 @@ EOF
 # What is checked
 # ---------------------------------------------------------------------------
 
-# outer_tos N TOS: pings tunnel N's peer with TOS and prints the TOS bytes of
-# the encrypted packets (WireGuard message type 4, transport data) that
-# leave through the uplink, as captured in the peer namespace.
+# outer_tos N TOS [PEER-IFACE]: pings tunnel N's peer with TOS and prints the
+# TOS bytes of the encrypted packets (WireGuard message type 4, transport
+# data) that leave through the uplink, as captured in the peer namespace on
+# PEER-IFACE (default wan0, the far end of up0).
 outer_tos() {
-    local n=$1 tos=$2 cap
+    local n=$1 tos=$2 iface=${3:-wan0} cap
     cap=$(mktemp)
     # One unmarked ping first, so the handshake is done before the capture.
     ping -c 1 -W 5 "10.$n.0.2" >/dev/null || { echo "no ping through wg$n"; rm -f "$cap"; return 1; }
-    ip netns exec peer timeout 10 tcpdump -n -v -l -i wan0 -c 3 \
+    ip netns exec peer timeout 10 tcpdump -n -v -l -i "$iface" -c 3 \
         "udp src port 5182$n and udp[8] = 4" >"$cap" 2>"$cap.err" &
     local dump=$!
     # tcpdump says "listening on" once its filter is in place.
@@ -130,11 +132,11 @@ outer_tos() {
     rm -f "$cap" "$cap.err"
 }
 
-# marked N: EF pings leave with outer tos 0xb8, AF11 with 0x28.
+# marked N [PEER-IFACE]: EF pings leave with outer tos 0xb8, AF11 with 0x28.
 marked() {
-    local n=$1 tos seen
+    local n=$1 iface=${2:-wan0} tos seen
     for tos in 0xb8 0x28; do
-        seen=$(outer_tos "$n" "$tos" | sort -u | tr '\n' ' ')
+        seen=$(outer_tos "$n" "$tos" "$iface" | sort -u | tr '\n' ' ')
         [[ $seen == "$tos " ]] || { echo "inner tos $tos: outer tos seen: ${seen:-none}"; return 1; }
     done
 }
@@ -359,6 +361,48 @@ EOF
     rm /etc/network/interfaces.d/wg1
 }
 
+# uplinks_of wgN: the uplinks status says the tunnel is attached to.
+uplinks_of() {
+    pdscp status --json | python3 -c 'import json,sys; t=[t for t in json.load(sys.stdin)["tunnels"] if t["name"]==sys.argv[1]]; print(" ".join(t[0]["uplinks"]) if t else "")' "$1"
+}
+
+case_failover() {
+    say "failover: wg7's peer behind two uplinks, the route moved from up0 to up1 (ifupdown)"
+    # A second uplink up1 (198.51.100.1/24) to the peer's wan1; the peer's
+    # endpoint on its loopback, routed over up0 for now.
+    ip link add up1 type veth peer name wan1 netns peer
+    ip addr add 198.51.100.1/24 dev up1
+    ip link set up1 up
+    ip -n peer addr add 198.51.100.2/24 dev wan1
+    ip -n peer link set wan1 up
+    ip -n peer addr add 203.0.113.2/32 dev lo
+    ip route add 203.0.113.2/32 via 192.0.2.2 dev "$UPLINK"
+    wg_conf 7 | sed 's/^Endpoint = .*/Endpoint = 203.0.113.2:51927/' >/etc/wireguard/wg7.conf
+    cat >/etc/network/interfaces.d/wg7 <<'EOF'
+auto wg7
+iface wg7 inet static
+    address 10.7.0.1/24
+    pre-up ip link add wg7 type wireguard
+    pre-up wg setconf wg7 /etc/wireguard/wg7.conf
+    post-down ip link del wg7
+    pdscp yes
+    pdscp-uplink up0 up1
+EOF
+    check "ifup wg7" ifup wg7
+    check "wg7 is attached to up0 and up1" test "$(uplinks_of wg7)" = "up0 up1"
+    check "wg7 is marked on up0" marked 7 wan0
+    check "the route to the peer moves to up1" ip route replace 203.0.113.2/32 via 198.51.100.2 dev up1
+    check "wg7 is marked on up1, no pdscp command in between" marked 7 wan1
+    check "the route moves back to up0" ip route replace 203.0.113.2/32 via 192.0.2.2 dev "$UPLINK"
+    check "wg7 is marked on up0 again" marked 7 wan0
+    check "ifdown wg7" ifdown wg7
+    check "ifdown left nothing behind" nothing_left
+    check "nor on up1" bash -c '! tc filter show dev up1 egress | grep -q pdscp'
+    rm /etc/network/interfaces.d/wg7
+    ip route del 203.0.113.2/32
+    ip link del up1
+}
+
 case_wg_quick() {
     say "wg-quick: PostUp/PreDown lines as in docs/hooks.md"
     wg_conf 2 "Address = 10.2.0.1/24
@@ -541,7 +585,7 @@ main() {
     setup_bed
     local c
     # PDSCP_SYSTEM_CASES: run only these (e.g. "install networkmanager"), for debugging.
-    for c in ${PDSCP_SYSTEM_CASES:-before_install install ifupdown wg_quick systemd_unit networkd networkmanager upgrade remove}; do
+    for c in ${PDSCP_SYSTEM_CASES:-before_install install ifupdown failover wg_quick systemd_unit networkd networkmanager upgrade remove}; do
         declare -F "case_$c" >/dev/null || { echo "fresh-debian.sh: no case $c" >&2; exit 2; }
         "case_$c"
     done

@@ -168,10 +168,16 @@ pub fn check_text(d: &Diagnosis) -> String {
         };
         let _ = writeln!(out, "  {level:<5}{:<9}{}", f.topic, f.text);
     }
-    let _ = match (d.flowing, d.findings.iter().find(|f| f.level == Level::Fail)) {
+    let failed: Vec<&str> = d
+        .findings
+        .iter()
+        .filter(|f| f.level == Level::Fail)
+        .map(|f| f.topic)
+        .collect();
+    let _ = match (d.flowing, failed.is_empty()) {
         (true, _) => writeln!(out, "marks are flowing"),
-        (false, Some(f)) => writeln!(out, "marks are NOT flowing: {}", f.text),
-        (false, None) => writeln!(out, "marks are NOT flowing: no marked traffic was seen"),
+        (false, false) => writeln!(out, "marks are NOT flowing: see FAIL {} above", failed.join(", ")),
+        (false, true) => writeln!(out, "marks are NOT flowing: no marked traffic was seen"),
     };
     out
 }

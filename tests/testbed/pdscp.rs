@@ -176,6 +176,7 @@ pub fn assert_check_fails_naming(result: (bool, String), expect: &str, what: &st
     assert!(!passed, "{what}: check must fail:\n{text}");
     assert!(text.contains(expect), "{what}: expected {expect:?} in:\n{text}");
     assert!(text.contains("marks are NOT flowing"), "{what}:\n{text}");
+    eprintln!("check, {what}:\n{text}");
 }
 
 /// `attach T --uplink UPLINK --port PORT --mode MODE`, PORT being the

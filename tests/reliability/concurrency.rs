@@ -250,7 +250,7 @@ fn concurrent_commands_end_as_the_last_one_asked() {
 }
 
 /// 24 commands at once on 6 tunnels between the loopbacks, each attached to
-/// both uplinks at once or detached, while two bound tunnels keep up0 in tcx
+/// both uplinks at once (half of them with reflection) or detached, while two bound tunnels keep up0 in tcx
 /// and up1 in tc mode (so every attach meets both modes), twice. The end
 /// state is what the last command per tunnel asked for, in the pins and
 /// status, and on the wire with the route over up0 and then over up1.
@@ -283,7 +283,14 @@ fn concurrent_commands_on_tunnels_sharing_two_uplinks_end_as_the_last_one_asked(
         let args: Vec<Vec<String>> = cmds
             .iter()
             .map(|&(i, is_attach)| match is_attach {
-                true => attach_args_on(&tunnels[i], &[UPLINK, UP1], "auto"),
+                true => {
+                    let mut args = attach_args_on(&tunnels[i], &[UPLINK, UP1], "auto");
+                    // Half of them with reflection: a third hook, on the tunnel's ingress.
+                    if i % 2 == 0 {
+                        args.extend(["--reflect".to_string(), "both".to_string()]);
+                    }
+                    args
+                }
                 false => vec!["detach".to_string(), tunnels[i].name.clone()],
             })
             .collect();

@@ -23,7 +23,7 @@ const REPAIRS: [Repair; 4] = [
 ];
 
 /// For every crash step of `mode`: on a victim tunnel that shares the
-/// bystander's uplink, on one with an uplink of its own, on one attached to
+/// bystander's uplink (with reflection both ways: three hooks), on one with an uplink of its own, on one attached to
 /// both uplinks at once (routed over up0), and on one alone in a pin root of
 /// its own (steps such as loading and unpinning happen only when the shared
 /// state is first made or last removed): crash there, send
@@ -42,24 +42,28 @@ fn interruptions(mode: &str) {
             bed.add_tunnel(&on("vic0", 301, 42010, UPLINK, A_V4, B_V4, 2), false),
             &[UPLINK][..],
             Some(&by),
+            &["--reflect", "both"][..],
         ),
         (
             &bed,
             bed.add_tunnel(&on("vic1", 302, 42020, UP1, UP1_A, UP1_B, 3), false),
             &[UP1],
             Some(&by),
+            &[],
         ),
         (
             &bed,
             bed.loopback_tunnel("vic3", 304, 42040, 5),
             &[UPLINK, UP1],
             Some(&by),
+            &[],
         ),
         (
             &lone,
             lone.add_tunnel(&on("vic2", 303, 42030, UPLINK, A_V4, B_V4, 4), false),
             &[UPLINK],
             None,
+            &[],
         ),
     ];
     attach(&bed, &by, UPLINK, mode);
@@ -74,7 +78,16 @@ fn interruptions(mode: &str) {
     let mut failures = Vec::new();
     let mut repairs = REPAIRS.iter().cycle();
     for step in CRASH_STEPS.iter().filter(|s| step_applies(s, mode)) {
-        for (bed, vic, uplinks, by) in &victims {
+        for (bed, vic, uplinks, by, extra) in &victims {
+            // The victim's own attach, reflection (a third hook) included.
+            let attach_args_on = |vic: &Tunnel, uplinks: &[&str], mode: &str| {
+                let mut args = attach_args_on(vic, uplinks, mode);
+                args.extend(extra.iter().map(|a| a.to_string()));
+                args
+            };
+            let attach_on = |bed: &TestBed, vic: &Tunnel, uplinks: &[&str], mode: &str| {
+                ok(bed.pdscp(&attach_args_on(vic, uplinks, mode)))
+            };
             let bed: &TestBed = bed;
             let bystanders: Vec<&Tunnel> = by.iter().copied().collect();
             let before = match by {

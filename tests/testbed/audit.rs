@@ -1,6 +1,9 @@
 //! What the kernel runs, and whether pdscp's pins account for it: the BPF
 //! programs on each device, pinned programs, links and maps, and an audit
-//! of the pins against the kernel and `status --json`.
+//! of the pins against the kernel and `status --json`. The kernel is asked
+//! here directly, not through pdscp's own queries (src/kernel/egress.rs
+//! asks the same for `check`): an audit that shared pdscp's code would share
+//! its mistakes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::AsFd;

@@ -150,6 +150,10 @@ fn concentrator_marks_answers(mode: &str) {
         "{s:#}"
     );
     assert!(s["reflect"]["entries"].as_u64().unwrap_or(0) >= 2, "{s:#}");
+    eprintln!(
+        "reflect out {mode}: 12 UDP answers (6 v4, 6 v6) and 6 echo replies answered unmarked by I; \
+         reflected by S per DSCP: {reflected}; without --reflect all 12 UDP answers left with 0"
+    );
     // --reflect off removes it again without a detach, and leaves nothing behind.
     w.attach_s(mode, &["--reflect", "off"]);
     let s = status_at(&w.s_root, &w.bed.b);
@@ -296,6 +300,10 @@ fn client_marks_arrivals(mode: &str) {
     assert!(
         reflected["34"].as_u64().unwrap_or(0) >= (bytes / 1500) as u64,
         "{s:#}"
+    );
+    eprintln!(
+        "reflect in {mode}: a {bytes}-byte download sent unmarked; {af41_bytes} bytes counted AF41 behind \
+         the tunnel's ingress; reflected by A per DSCP: {reflected}"
     );
 }
 

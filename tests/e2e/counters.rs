@@ -13,6 +13,9 @@ use super::*;
 /// (tunnel, inner DSCP) -> count.
 type Counts = BTreeMap<(String, u8), u64>;
 
+/// (seen per tunnel, marked per tunnel, marked per uplink), as one view of `status` gives them.
+type View = (Counts, Counts, Counts);
+
 /// Non-zero DSCPs only: the odd IPv6 chatter inside a tunnel (router
 /// solicitations, MLD) is CS0 and may fall outside the window.
 fn add(counts: &mut Counts, tunnel: &str, by_dscp: &serde_json::Value) {
@@ -25,7 +28,7 @@ fn add(counts: &mut Counts, tunnel: &str, by_dscp: &serde_json::Value) {
 }
 
 /// What `status --json` says: (seen, marked per tunnel, marked per uplink).
-fn json_counts(bed: &TestBed) -> (Counts, Counts, Counts) {
+fn json_counts(bed: &TestBed) -> View {
     let s = status(bed);
     let (mut seen, mut marked, mut uplink) = (Counts::new(), Counts::new(), Counts::new());
     for t in s["tunnels"].as_array().expect("tunnels") {
@@ -42,7 +45,7 @@ fn uplink_of(s: &serde_json::Value) -> &serde_json::Value {
 }
 
 /// The same from `status --prometheus`, through a Prometheus parser.
-fn prometheus_counts(bed: &TestBed) -> (Counts, Counts, Counts) {
+fn prometheus_counts(bed: &TestBed) -> View {
     let text = ok(bed.pdscp(&["status", "--prometheus"]));
     let scrape = prometheus_parse::Scrape::parse(text.as_bytes().lines()).expect("Prometheus text format");
     let (mut seen, mut marked, mut uplink) = (Counts::new(), Counts::new(), Counts::new());
@@ -69,7 +72,7 @@ fn prometheus_counts(bed: &TestBed) -> (Counts, Counts, Counts) {
 
 /// The same from the text `status`: its "seen by dscp" and "marked by
 /// dscp" lines, under each "tunnel" and "uplink" heading.
-fn text_counts(bed: &TestBed) -> (Counts, Counts, Counts) {
+fn text_counts(bed: &TestBed) -> View {
     let text = ok(bed.pdscp(&["status"]));
     let (mut seen, mut marked, mut uplink) = (Counts::new(), Counts::new(), Counts::new());
     let mut under: Option<(bool, String)> = None;
@@ -116,8 +119,7 @@ fn per_tunnel_and_per_uplink_counts_match_the_wire_in_text_json_and_prometheus()
         let wg1 = bed.add_vxlan("wg1", 101, 51830, Underlay::V4, 2);
         attach(&bed, &wg0, UPLINK, mode);
         attach(&bed, &wg1, UPLINK, mode);
-        let views: [fn(&TestBed) -> (Counts, Counts, Counts); 3] =
-            [json_counts, prometheus_counts, text_counts];
+        let views: [fn(&TestBed) -> View; 3] = [json_counts, prometheus_counts, text_counts];
         let before: Vec<_> = views.iter().map(|v| v(&bed)).collect();
         let cap = Capture::start(&bed.b, UPLINK);
         for (t, tos, n) in [

@@ -58,7 +58,9 @@ impl Screen {
     fn finish(mut self) -> String {
         thread::sleep(Duration::from_millis(300));
         self.stop.store(true, Ordering::Relaxed);
-        self.reader.take().map(|r| r.join().expect("reader"));
+        if let Some(r) = self.reader.take() {
+            r.join().expect("reader");
+        }
         self.now()
     }
 }

@@ -33,7 +33,8 @@
 //! - `pdscp.rs`: running the pdscp binary and reading its answers
 //!   (`status --json` included);
 //! - `files.rs`: scratch directories and listings of pin trees;
-//! - `audit.rs`: what the kernel runs, and whether pdscp's pins account for it;
+//! - `hooks.rs`: what the kernel runs on each device's egress and ingress;
+//! - `audit.rs`: whether pdscp's pins account for it;
 //! - `library.rs`: all the tests take from the pdscp library crate (calls,
 //!   crash steps, tc priorities), in one place.
 
@@ -46,6 +47,7 @@ mod capture;
 mod ethtool;
 mod files;
 mod foreign;
+mod hooks;
 mod internet;
 mod library;
 mod namespaces;
@@ -58,6 +60,6 @@ mod traffic;
 // Each test crate uses some of these.
 #[allow(unused_imports)]
 pub use self::{
-    audit::*, bed::*, capture::*, ethtool::*, files::*, foreign::*, internet::*, library::*, namespaces::*,
-    packets::*, pdscp::*, second_uplink::*, tc::*, traffic::*,
+    audit::*, bed::*, capture::*, ethtool::*, files::*, foreign::*, hooks::*, internet::*, library::*,
+    namespaces::*, packets::*, pdscp::*, second_uplink::*, tc::*, traffic::*,
 };

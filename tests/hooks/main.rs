@@ -30,6 +30,7 @@ mod ifupdown;
 mod networkd_dispatcher;
 mod networkmanager;
 mod openwrt;
+mod options;
 mod systemd;
 mod uplinks;
 

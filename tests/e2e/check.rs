@@ -14,10 +14,10 @@ const EF: u8 = 0xb8;
 
 /// `check` while EF traffic runs through `t`.
 fn check_with_traffic(bed: &TestBed, t: &Tunnel, extra: &[&str]) -> (bool, String) {
-    let sender = steady_udp(&bed.a, t.b_addr(false), EF, 3);
+    let sender = SteadyUdp::start(&bed.a, t.b_addr(false), 9700, EF, 200);
     thread::sleep(Duration::from_millis(200));
     let result = bed.check(&t.name, extra);
-    sender.join().expect("sender");
+    sender.stop();
     result
 }
 
@@ -36,9 +36,9 @@ fn a_healthy_tunnel_checks_ok_and_exits_0() {
             "{text}"
         );
         assert!(text.contains("from port 51820: ef "), "the wire shows EF: {text}");
-        let sender = steady_udp(&bed.a, t.b_addr(false), EF, 3);
+        let sender = SteadyUdp::start(&bed.a, t.b_addr(false), 9700, EF, 200);
         let out = bed.pdscp(&["check", "wg0", "--seconds", "2", "--json"]);
-        sender.join().expect("sender");
+        sender.stop();
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("check --json");
         assert!(out.status.success(), "{json:#}");
         assert_eq!(json["flowing"], true, "{json:#}");
@@ -204,16 +204,16 @@ fn a_userspace_tunnel_on_a_tun_device_is_named() {
         "TUN device",
     );
     let dst: IpAddr = "198.19.9.2".parse().expect("addr");
-    let sender = steady_udp(&bed.a, dst, EF, 3);
+    let sender = SteadyUdp::start(&bed.a, dst, 9700, EF, 200);
     let result = bed.check("tun9", &[]);
-    sender.join().expect("sender");
+    sender.stop();
     assert_check_fails_naming(result, "tun9 is a TUN device (userspace WireGuard", "tun");
     ok(bed.pdscp(&[
         "attach", "tun9", "--port", "40100", "--uplink", UPLINK, "--fixed", "af41",
     ]));
-    let sender = steady_udp(&bed.a, dst, EF, 3);
+    let sender = SteadyUdp::start(&bed.a, dst, 9700, EF, 200);
     let (passed, text) = bed.check("tun9", &[]);
-    sender.join().expect("sender");
+    sender.stop();
     assert!(tunnel.stop() > 100, "the userspace tunnel carried the traffic");
     assert!(passed, "with a fixed mark:\n{text}");
 }
@@ -223,11 +223,11 @@ fn a_kernel_older_than_the_minimum_is_named() {
     let bed = TestBed::new();
     let t = bed.add_vxlan("wg0", 100, 51820, Underlay::V4, 1);
     attach(&bed, &t, UPLINK, "auto");
-    let sender = steady_udp(&bed.a, t.b_addr(false), EF, 3);
+    let sender = SteadyUdp::start(&bed.a, t.b_addr(false), 9700, EF, 200);
     let mut cmd = pdscp_cmd(&bed.pin_root, Some(&bed.a), &["check", "wg0", "--seconds", "2"]);
     cmd.env("PDSCP_TEST_KERNEL_RELEASE", "5.4.0-42-generic");
     let out = run_cmd(cmd);
-    sender.join().expect("sender");
+    sender.stop();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_check_fails_naming(
         (out.status.success(), text),

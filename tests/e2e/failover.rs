@@ -33,30 +33,6 @@ fn attach_to(bed: &TestBed, t: &Tunnel, uplinks: &[&str], mode: &str) -> String 
     ok(bed.pdscp(&args))
 }
 
-/// UDP marked `tos` from a to `dst`:`dport` at 250 packets a second (on
-/// average: a late packet is caught up) until `stop`; returns how many were sent.
-fn steady_udp(
-    ns: &Netns,
-    dst: IpAddr,
-    dport: u16,
-    tos: u8,
-    stop: &'static AtomicBool,
-) -> thread::JoinHandle<usize> {
-    ns.spawn("steady UDP", move || {
-        let sock = marked_udp_socket(dst, tos);
-        let start = Instant::now();
-        let mut sent = 0;
-        while !stop.load(Ordering::Relaxed) {
-            sock.send_to(format!("steady {sent}").as_bytes(), (dst, dport))
-                .expect("send");
-            sent += 1;
-            let due = start + Duration::from_millis(4) * sent as u32;
-            thread::sleep(due.saturating_duration_since(Instant::now()));
-        }
-        sent
-    })
-}
-
 /// A TCP stream marked `tos` from a to b: 32 KiB every 20 ms until `stop`.
 /// Returns (bytes sent, bytes received).
 fn steady_tcp(bed: &TestBed, dst: IpAddr, port: u16, tos: u8, stop: &'static AtomicBool) -> (usize, usize) {
@@ -121,12 +97,10 @@ fn marks_follow_the_route(modes: [&str; 2]) {
         assert_eq!(uplink(&s, up)["mode"], mode, "{s:#}");
     }
 
-    static STOP: AtomicBool = AtomicBool::new(false);
-    STOP.store(false, Ordering::Relaxed);
     let caps = [Capture::start(&bed.b, UPLINK), Capture::start(&bed.b, UP1)];
     let dst = t.b_addr(false);
-    let ef = steady_udp(&bed.a, dst, 9500, EF, &STOP);
-    let af41 = steady_udp(&bed.a, dst, 9501, AF41, &STOP);
+    let ef = SteadyUdp::start(&bed.a, dst, 9500, EF, 250);
+    let af41 = SteadyUdp::start(&bed.a, dst, 9501, AF41, 250);
     static TCP_STOP: AtomicBool = AtomicBool::new(false);
     TCP_STOP.store(false, Ordering::Relaxed);
     let (switches, (tcp_sent, tcp_received)) = thread::scope(|s| {
@@ -146,8 +120,7 @@ fn marks_follow_the_route(modes: [&str; 2]) {
         );
         (switches, tcp.join().expect("tcp"))
     });
-    STOP.store(true, Ordering::Relaxed);
-    let sent = [ef.join().expect("ef"), af41.join().expect("af41")];
+    let sent = [ef.stop(), af41.stop()];
     let frames: Vec<Vec<Vec<u8>>> = caps.into_iter().map(Capture::stop).collect();
 
     let what = format!("{modes:?}");

@@ -97,7 +97,7 @@ fn the_live_view_shows_the_rate_sent_and_quits_leaving_the_terminal_as_it_was() 
         };
         let pty = openpty(Some(&size), None).expect("openpty");
         let before = tcgetattr(pty.slave.as_fd()).expect("tcgetattr");
-        let sender = steady_udp(&bed.a, t.b_addr(false), EF, 6);
+        let sender = SteadyUdp::start(&bed.a, t.b_addr(false), 9700, EF, 200);
         thread::sleep(Duration::from_millis(500));
         let mut cmd = pdscp_cmd(&bed.pin_root, Some(&bed.a), &["status", "--watch", "1"]);
         let tty = |fd: &OwnedFd| Stdio::from(fd.try_clone().expect("dup"));
@@ -119,7 +119,7 @@ fn the_live_view_shows_the_rate_sent_and_quits_leaving_the_terminal_as_it_was() 
             thread::sleep(Duration::from_millis(50));
         };
         let text = screen.finish();
-        sender.join().expect("sender");
+        sender.stop();
         assert!(status.success(), "{name}: exit {status:?}:\n{text}");
         assert!(
             rates.len() >= 2,

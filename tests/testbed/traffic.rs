@@ -57,23 +57,48 @@ pub fn send_udp(ns: &Netns, dst: IpAddr, dport: u16, tos: u8, count: usize) -> u
     })
 }
 
-/// UDP from `ns` to `dst` (port 9700) marked `tos`, 200 datagrams a second
-/// on a fixed schedule (a late one does not shift the rest) for `secs`
-/// seconds, on a thread; joins to the number sent.
-pub fn steady_udp(ns: &Netns, dst: IpAddr, tos: u8, secs: u32) -> JoinHandle<u32> {
-    ns.spawn("steady udp", move || {
-        let sock = marked_udp_socket(dst, tos);
-        let start = std::time::Instant::now();
-        let mut sent = 0;
-        while sent < secs * 200 {
-            // A datagram refused (ICMP unreachable came back) still left.
-            let _ = sock.send_to(b"steady", (dst, 9700));
-            sent += 1;
-            let next = start + Duration::from_millis(5) * sent;
-            thread::sleep(next.saturating_duration_since(std::time::Instant::now()));
+/// UDP from a namespace to `dst`:`dport` marked `tos`, `rate` datagrams a
+/// second on a fixed schedule (a late one does not shift the rest), on a
+/// thread, until stopped (or dropped).
+pub struct SteadyUdp {
+    stop: std::sync::Arc<AtomicBool>,
+    thread: Option<JoinHandle<usize>>,
+}
+
+impl SteadyUdp {
+    pub fn start(ns: &Netns, dst: IpAddr, dport: u16, tos: u8, rate: u32) -> SteadyUdp {
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = ns.spawn("steady udp", move || {
+            let sock = marked_udp_socket(dst, tos);
+            let start = std::time::Instant::now();
+            let mut sent = 0;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                // A datagram refused (ICMP unreachable came back) still left.
+                let _ = sock.send_to(format!("steady {sent}").as_bytes(), (dst, dport));
+                sent += 1;
+                let next = start + Duration::from_secs(1) * sent as u32 / rate;
+                thread::sleep(next.saturating_duration_since(std::time::Instant::now()));
+            }
+            sent
+        });
+        SteadyUdp {
+            stop,
+            thread: Some(thread),
         }
-        sent
-    })
+    }
+
+    /// Stops sending; returns how many datagrams were sent.
+    pub fn stop(mut self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().map_or(0, |t| t.join().expect("steady udp"))
+    }
+}
+
+impl Drop for SteadyUdp {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// A TCP socket with TOS / traffic class set before connecting (so the SYN

@@ -15,10 +15,10 @@ fn a_wireguard_tunnel_checks_ok_with_traffic_and_with_a_probe() {
     let bed = wireguard_bed();
     let wg = add_wg_up0(&bed, "wg0", 1, 51820, 52820, Underlay::V4);
     ok(bed.pdscp(&["attach", "wg0"]));
-    let sender = steady_udp(&bed.a, wg.b_addr(false), EF, 3);
+    let sender = SteadyUdp::start(&bed.a, wg.b_addr(false), 9700, EF, 200);
     sleep(Duration::from_millis(300));
     let (passed, text) = bed.check("wg0", &[]);
-    sender.join().expect("sender");
+    sender.stop();
     assert!(passed, "with traffic:\n{text}");
     assert!(
         text.contains("from port 51820: ef "),
@@ -43,10 +43,10 @@ fn a_reader_taken_away_from_a_wireguard_tunnel_is_named() {
     ok(bed.pdscp(&["attach", "wg0", "--mode", "tc"]));
     bed.a
         .sh(&format!("tc filter del dev wg0 egress pref {PDSCP_PRIO_READER}"));
-    let sender = steady_udp(&bed.a, wg.b_addr(false), EF, 3);
+    let sender = SteadyUdp::start(&bed.a, wg.b_addr(false), 9700, EF, 200);
     sleep(Duration::from_millis(300));
     let result = bed.check("wg0", &[]);
-    sender.join().expect("sender");
+    sender.stop();
     assert_check_fails_naming(
         result,
         "the reader is not running on wg0 (its tc hook is gone)",

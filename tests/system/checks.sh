@@ -80,6 +80,16 @@ AllowedIPs = 10.$n.0.2/32
 EOF
 }
 
+# ifupdown_stanza N [EXTRA-OPTION]: /etc/network/interfaces.d stanza of tunnel
+# N with 'pdscp yes' (and EXTRA-OPTION, e.g. "pdscp-uplink up0 up1").
+ifupdown_stanza() {
+    printf '%s\n' "auto wg$1" "iface wg$1 inet static" "    address 10.$1.0.1/24" \
+        "    pre-up ip link add wg$1 type wireguard" \
+        "    pre-up wg setconf wg$1 /etc/wireguard/wg$1.conf" \
+        "    post-down ip link del wg$1" "    pdscp yes"
+    [[ -z ${2:-} ]] || printf '    %s\n' "$2"
+}
+
 # ---------------------------------------------------------------------------
 # What is checked
 # ---------------------------------------------------------------------------

@@ -62,15 +62,7 @@ case_install() {
 case_ifupdown() {
     say "ifupdown: 'pdscp yes' in the stanza of wg1"
     wg_conf 1 >/etc/wireguard/wg1.conf
-    cat >/etc/network/interfaces.d/wg1 <<'EOF'
-auto wg1
-iface wg1 inet static
-    address 10.1.0.1/24
-    pre-up ip link add wg1 type wireguard
-    pre-up wg setconf wg1 /etc/wireguard/wg1.conf
-    post-down ip link del wg1
-    pdscp yes
-EOF
+    ifupdown_stanza 1 >/etc/network/interfaces.d/wg1
     check "ifup wg1" ifup wg1
     check "ifup attached wg1" attached wg1
     check "wg1's outer packets carry the inner DSCP" marked 1
@@ -104,16 +96,7 @@ case_failover() {
     ip -n peer addr add 203.0.113.2/32 dev lo
     ip route add 203.0.113.2/32 via 192.0.2.2 dev "$UPLINK"
     wg_conf 7 | sed 's/^Endpoint = .*/Endpoint = 203.0.113.2:51927/' >/etc/wireguard/wg7.conf
-    cat >/etc/network/interfaces.d/wg7 <<'EOF'
-auto wg7
-iface wg7 inet static
-    address 10.7.0.1/24
-    pre-up ip link add wg7 type wireguard
-    pre-up wg setconf wg7 /etc/wireguard/wg7.conf
-    post-down ip link del wg7
-    pdscp yes
-    pdscp-uplink up0 up1
-EOF
+    ifupdown_stanza 7 "pdscp-uplink up0 up1" >/etc/network/interfaces.d/wg7
     check "ifup wg7" ifup wg7
     check "wg7 is attached to up0 and up1" test "$(uplinks_of wg7)" = "up0 up1"
     check "wg7 is marked on up0" marked 7 wan0

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause
 /*
- * Helpers for benches/per_packet.rs, never attached to a device.
+ * Helpers for benches/per_packet/, never attached to a device.
  *
  *   bench_floor       the cheapest possible TC program: the floor every
  *                     per-packet cost is compared with.
@@ -11,8 +11,10 @@
  *                     cannot, then tail-calls the program under test (slot 0
  *                     of `target`): sets skb->hash (the test run refuses a
  *                     preset hash), optionally a new one per run (a new flow
- *                     every packet), and writes back the packet's first
- *                     bytes (the writer changed them in the previous run).
+ *                     every packet) or one of `flow_mask + 1` hashes in turn,
+ *                     each for 2^burst_shift runs (many active flows, in
+ *                     bursts), and writes back the packet's first bytes (the
+ *                     writer changed them in the previous run).
  *                     Its own cost is measured by tail-calling bench_floor
  *                     with the same settings and subtracted.
  */
@@ -24,7 +26,8 @@
 
 enum hash_mode {
 	HASH_KEEP = 0,  /* leave skb->hash alone */
-	HASH_SET = 1,   /* skb->hash = hash, then hash += hash_step */
+	HASH_SET = 1,   /* skb->hash = hash, then hash += hash_step; or, with
+			 * flow_mask, hash + ((runs >> burst_shift) & flow_mask) */
 	HASH_CLEAR = 2, /* no hash: the next bpf_get_hash_recalc() runs the flow dissector */
 };
 
@@ -32,6 +35,9 @@ enum hash_mode {
 __u32 hash_mode;
 __u32 hash;
 __u32 hash_step;
+__u32 flow_mask;
+__u32 burst_shift;
+__u32 runs;
 __u32 restore_on;
 __u8 restore[RESTORE_LEN];
 
@@ -85,7 +91,10 @@ int bench_trampoline(struct __sk_buff *skb)
 {
 	if (restore_on)
 		bpf_skb_store_bytes(skb, 0, restore, RESTORE_LEN, 0);
-	if (hash_mode == HASH_SET) {
+	if (hash_mode == HASH_SET && flow_mask) {
+		bpf_set_hash(skb, hash + ((runs >> (burst_shift & 31)) & flow_mask));
+		runs++;
+	} else if (hash_mode == HASH_SET) {
 		bpf_set_hash(skb, hash);
 		hash += hash_step;
 	} else if (hash_mode == HASH_CLEAR) {

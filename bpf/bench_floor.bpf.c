@@ -6,7 +6,11 @@
  *                     per-packet cost is compared with.
  *   bench_hash_lookup, bench_array_lookup
  *                     yardsticks: the floor plus one lookup of skb->ifindex in
- *                     a hash map (as pdscp's ifaces and ports) or an array.
+ *                     a hash map (as pdscp's devices_hi) or an array.
+ *   bench_flows_lookup, bench_reflect_lookup
+ *                     yardsticks: the floor plus one lookup of a present key
+ *                     shaped as pdscp's flows key (8 bytes, LRU hash) or
+ *                     reflect key (40 bytes, LRU hash).
  *   bench_trampoline  prepares the test-run skb the way BPF_PROG_TEST_RUN
  *                     cannot, then tail-calls the program under test (slot 0
  *                     of `target`): sets skb->hash (the test run refuses a
@@ -62,6 +66,24 @@ struct {
 	__type(value, __u32);
 } array_map SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, __u32);
+} flows_map SEC(".maps");
+
+struct wide_key {
+	__u32 words[10];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct wide_key);
+	__type(value, __u32);
+} reflect_map SEC(".maps");
+
 SEC("tc")
 int bench_floor(struct __sk_buff *skb)
 {
@@ -82,6 +104,24 @@ int bench_array_lookup(struct __sk_buff *skb)
 {
 	__u32 key = skb->ifindex;
 	__u32 *value = bpf_map_lookup_elem(&array_map, &key);
+
+	return value && *value == 7 ? TC_ACT_SHOT : TC_ACT_UNSPEC;
+}
+
+SEC("tc")
+int bench_flows_lookup(struct __sk_buff *skb)
+{
+	__u64 key = skb->ifindex;
+	__u32 *value = bpf_map_lookup_elem(&flows_map, &key);
+
+	return value && *value == 7 ? TC_ACT_SHOT : TC_ACT_UNSPEC;
+}
+
+SEC("tc")
+int bench_reflect_lookup(struct __sk_buff *skb)
+{
+	struct wide_key key = { .words = { skb->ifindex } };
+	__u32 *value = bpf_map_lookup_elem(&reflect_map, &key);
 
 	return value && *value == 7 ? TC_ACT_SHOT : TC_ACT_UNSPEC;
 }

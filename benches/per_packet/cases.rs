@@ -40,6 +40,8 @@ pub enum Prog {
     /// Yardsticks from bench_floor.bpf.c.
     HashLookup,
     ArrayLookup,
+    FlowsLookup,
+    ReflectLookup,
 }
 
 /// What the trampoline does to skb->hash before tail-calling the program.
@@ -206,6 +208,14 @@ pub fn cases() -> Vec<Case> {
     let mut cases = vec![
         Case::yardstick("yardstick: one hash map lookup", Prog::HashLookup),
         Case::yardstick("yardstick: one array map lookup", Prog::ArrayLookup),
+        Case::yardstick(
+            "yardstick: one LRU lookup, flows key (8 bytes)",
+            Prog::FlowsLookup,
+        ),
+        Case::yardstick(
+            "yardstick: one LRU lookup, reflect key (40 bytes)",
+            Prog::ReflectLookup,
+        ),
         Case::new("reader v4, mark unchanged", Reader, v4.clone(), seen_ef)
             .steady()
             .target(2.0),

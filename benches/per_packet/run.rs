@@ -63,6 +63,12 @@ impl Bench<'_> {
         let maps = &self.floor.maps;
         maps.hash_map.update(&key, &value, MapFlags::ANY)?;
         maps.array_map.update(&key, &value, MapFlags::ANY)?;
+        let wide: Vec<u8> = (0..10u32)
+            .flat_map(|i| if i == 0 { IFINDEX } else { 0 }.to_ne_bytes())
+            .collect();
+        maps.flows_map
+            .update(&u64::from(IFINDEX).to_ne_bytes(), &value, MapFlags::ANY)?;
+        maps.reflect_map.update(&wide, &value, MapFlags::ANY)?;
         Ok(())
     }
 
@@ -246,6 +252,8 @@ fn program<'a>(skel: &'a PdscpSkel<'_>, floor: &'a BenchFloorSkel<'_>, prog: Pro
         Prog::Ingress => &skel.progs.pdscp_ingress,
         Prog::HashLookup => &floor.progs.bench_hash_lookup,
         Prog::ArrayLookup => &floor.progs.bench_array_lookup,
+        Prog::FlowsLookup => &floor.progs.bench_flows_lookup,
+        Prog::ReflectLookup => &floor.progs.bench_reflect_lookup,
     }
 }
 

@@ -83,6 +83,8 @@ fn main() {
     }
     println!("cargo:rerun-if-changed=bpf/pdscp.h");
     println!("cargo:rerun-if-changed=bpf/packet.h");
+    println!("cargo:rerun-if-changed=bpf/maps.h");
+    println!("cargo:rerun-if-changed=bpf/reflect.h");
     let header = fs::read_to_string("bpf/pdscp.h").expect("reading bpf/pdscp.h");
     let object = fs::read(out_dir.join("pdscp.bpf.o")).expect("reading pdscp.bpf.o");
     let abi = format!(

@@ -69,10 +69,7 @@ int pdscp_reader(struct __sk_buff *skb)
 		rec = bpf_map_lookup_elem(&tunnels, &tunnel);
 		if (!rec)
 			return TC_ACT_UNSPEC;
-		if (cfg->tunnel_flags & TUNNEL_REFLECT_OUT)
-			dscp = reflect_apply(skb, &ip, cfg->tunnel_flags, tunnel, dscp, 1, stats);
-		if (cfg->tunnel_flags & TUNNEL_REFLECT_IN)
-			reflect_learn(skb, &ip, rec, tunnel, dscp, 1, stats);
+		dscp = reflect_step(skb, &ip, rec, cfg->tunnel_flags, tunnel, dscp, 1, stats);
 	}
 	dscp &= DSCP_MASK;
 	segs = segments(skb);
@@ -245,10 +242,7 @@ int pdscp_ingress(struct __sk_buff *skb)
 		return TC_ACT_UNSPEC;
 	stats->arrived += segments(skb);
 	dscp = read_dscp(&ip);
-	if (cfg->tunnel_flags & TUNNEL_REFLECT_OUT)
-		reflect_learn(skb, &ip, rec, tunnel, dscp, 0, stats);
-	if (cfg->tunnel_flags & TUNNEL_REFLECT_IN)
-		reflect_apply(skb, &ip, cfg->tunnel_flags, tunnel, dscp, 0, stats);
+	reflect_step(skb, &ip, rec, cfg->tunnel_flags, tunnel, dscp, 0, stats);
 	return TC_ACT_UNSPEC;
 }
 

@@ -32,64 +32,62 @@ static __always_inline int reflect_key(struct __sk_buff *skb, const struct ip_he
 	return 0;
 }
 
-/* Remembers the mark this packet's flow carries in one direction (`out`:
- * into the tunnel), if the tunnel allows reflecting it; a flow never marked
- * gets no entry. */
-static __always_inline void reflect_learn(struct __sk_buff *skb, const struct ip_header *ip,
-					  const struct tunnel_rec *rec, __u16 tunnel, __u8 dscp, int out,
-					  struct tunnel_stats *stats)
+/* The reflection step of a packet through the tunnel, `out` (egress, into
+ * the tunnel) or in (ingress), with one lookup of its flow's entry:
+ *
+ * - apply (`out`: --reflect out, else --reflect in): an unmarked packet, or
+ *   any with --reflect-override, gets the mark its flow carries the other way;
+ * - learn (`out`: --reflect in, else --reflect out): the flow's mark in this
+ *   direction is remembered if the tunnel allows reflecting it, else 0; a
+ *   flow never marked gets no entry. Egress learns the mark the packet leaves
+ *   with (after apply), ingress the one it arrived with.
+ *
+ * Returns the packet's DSCP afterwards. */
+static __always_inline __u8 reflect_step(struct __sk_buff *skb, const struct ip_header *ip,
+					 const struct tunnel_rec *rec, __u8 flags, __u16 tunnel, __u8 dscp,
+					 int out, struct tunnel_stats *stats)
 {
+	int apply = flags & (out ? TUNNEL_REFLECT_OUT : TUNNEL_REFLECT_IN);
+	int learn = flags & (out ? TUNNEL_REFLECT_IN : TUNNEL_REFLECT_OUT);
 	struct reflect_mark fresh = {}, *stored;
 	struct reflect_key key = {};
-	__u8 mark = (rec->reflect_allow >> (dscp & DSCP_MASK)) & 1 ? dscp : 0;
-
-	if (reflect_key(skb, ip, tunnel, &key) < 0)
-		return;
-	stored = bpf_map_lookup_elem(&reflect, &key);
-	if (stored) {
-		if (out && stored->out != mark)
-			stored->out = mark;
-		else if (!out && stored->in != mark)
-			stored->in = mark;
-		return;
-	}
-	if (!mark)
-		return;
-	if (out)
-		fresh.out = mark;
-	else
-		fresh.in = mark;
-	bpf_map_update_elem(&reflect, &key, &fresh, BPF_NOEXIST);
-	stats->learned++;
-}
-
-/* Gives the packet the mark its flow carries the other way (`out`: this
- * packet goes into the tunnel, so the mark learned from arriving packets),
- * unless it has a mark of its own and the tunnel lets that win. Returns the
- * packet's DSCP afterwards. */
-static __always_inline __u8 reflect_apply(struct __sk_buff *skb, const struct ip_header *ip, __u8 flags,
-					  __u16 tunnel, __u8 dscp, int out, struct tunnel_stats *stats)
-{
-	struct reflect_key key = {};
-	struct reflect_mark *stored;
-	__u8 mark;
+	__u8 now = dscp, learned, mark;
 
 	if (dscp && !(flags & TUNNEL_REFLECT_OVERRIDE))
-		return dscp;
-	if (reflect_key(skb, ip, tunnel, &key) < 0)
+		apply = 0;
+	if ((!apply && !learn) || reflect_key(skb, ip, tunnel, &key) < 0)
 		return dscp;
 	stored = bpf_map_lookup_elem(&reflect, &key);
-	if (!stored)
+	if (apply && stored) {
+		mark = (out ? stored->in : stored->out) & DSCP_MASK;
+		if (mark && mark != dscp)
+			now = mark;
+	}
+	if (learn) {
+		learned = (out ? now : dscp) & DSCP_MASK;
+		mark = (rec->reflect_allow >> learned) & 1 ? learned : 0;
+		if (stored) {
+			if (out && stored->out != mark)
+				stored->out = mark;
+			else if (!out && stored->in != mark)
+				stored->in = mark;
+		} else if (mark) {
+			if (out)
+				fresh.out = mark;
+			else
+				fresh.in = mark;
+			bpf_map_update_elem(&reflect, &key, &fresh, BPF_NOEXIST);
+			stats->learned++;
+		}
+	}
+	if (now == dscp)
 		return dscp;
-	mark = (out ? stored->in : stored->out) & DSCP_MASK;
-	if (!mark || mark == dscp)
-		return dscp;
-	write_dscp(ip, mark);
 	if (out)
-		stats->reflected_out[mark] += segments(skb);
+		stats->reflected_out[now & DSCP_MASK] += segments(skb);
 	else
-		stats->reflected_in[mark] += segments(skb);
-	return mark;
+		stats->reflected_in[now & DSCP_MASK] += segments(skb);
+	write_dscp(ip, now);
+	return now;
 }
 
 #endif

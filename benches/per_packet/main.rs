@@ -80,9 +80,9 @@ fn main() -> Result<()> {
     bench.fill_maps()?;
 
     let mut cases = cases::cases();
-    // PDSCP_BENCH_ONLY=word: only the cases whose name holds it (and not the
-    // yardsticks), for a quick look while working on one path.
-    cases.retain(|c| only.is_empty() || c.name.contains(only.as_str()));
+    // PDSCP_BENCH_ONLY=a|b: only the cases whose name holds one of these, for
+    // a quick look while working on one path.
+    cases.retain(|c| only.is_empty() || only.split('|').any(|w| c.name.contains(w)));
     let mut samples: Vec<Vec<run::Sample>> = vec![Vec::new(); cases.len()];
     // Round-robin, so that drift in the machine's speed reaches every case.
     for _ in 0..rounds {

@@ -1,6 +1,6 @@
 //! Compiles the BPF programs in bpf/ into libbpf skeletons in OUT_DIR:
 //! pdscp.skel.rs (the product), bench_floor.skel.rs (the floor, yardstick
-//! and trampoline programs of benches/per_packet.rs) and test_foreign.skel.rs
+//! and trampoline programs of benches/per_packet/) and test_foreign.skel.rs
 //! (a foreign TC program for tests/reliability). It also turns the constants
 //! of bpf/pdscp.h into pdscp_abi.rs, so src/maps.rs mirrors none by hand.
 use std::env;
@@ -83,6 +83,8 @@ fn main() {
     }
     println!("cargo:rerun-if-changed=bpf/pdscp.h");
     println!("cargo:rerun-if-changed=bpf/packet.h");
+    println!("cargo:rerun-if-changed=bpf/maps.h");
+    println!("cargo:rerun-if-changed=bpf/reflect.h");
     let header = fs::read_to_string("bpf/pdscp.h").expect("reading bpf/pdscp.h");
     let object = fs::read(out_dir.join("pdscp.bpf.o")).expect("reading pdscp.bpf.o");
     let abi = format!(

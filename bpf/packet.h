@@ -44,6 +44,12 @@ struct vlan_hdr {
 	__be16 encapsulated_proto;
 };
 
+/* Segments the packet becomes on the wire (a GSO packet counts as many). */
+static __always_inline __u32 segments(struct __sk_buff *skb)
+{
+	return skb->gso_segs ? skb->gso_segs : 1;
+}
+
 /* The IP header of a packet: exactly one of v4 and v6 is set. */
 struct ip_header {
 	struct iphdr *v4;

@@ -5,6 +5,7 @@
 #
 #   sudo scripts/bench-iperf.sh            # 5 pairs of 5-second runs
 #   PAIRS=9 DURATION=10 GSO=on sudo scripts/bench-iperf.sh
+#   STREAMS=8 sudo scripts/bench-iperf.sh  # 8 parallel TCP streams (flows)
 #
 # GSO=off (default) turns segmentation offload off on the tunnel, so every
 # MTU-sized packet crosses both programs, as every encrypted packet crosses
@@ -20,6 +21,7 @@ cd "$(dirname "$0")/.."
 PAIRS=${PAIRS:-5}
 DURATION=${DURATION:-5}
 GSO=${GSO:-off}
+STREAMS=${STREAMS:-1}
 PDSCP=${PDSCP:-target/release/pdscp}
 PORT=40000 # the tunnel's outer UDP source port
 TOS=0xb8   # DSCP 46 (EF)
@@ -89,7 +91,8 @@ sleep 0.5
 
 # Prints the Gbit/s of one run.
 throughput() {
-    ip netns exec "$A" iperf3 --client 198.19.1.2 --time "$1" --omit 1 --tos "$TOS" --json |
+    ip netns exec "$A" iperf3 --client 198.19.1.2 --time "$1" --omit 1 --tos "$TOS" \
+        --parallel "$STREAMS" --json |
         jq '.end.sum_received.bits_per_second / 1e9'
 }
 
@@ -107,7 +110,7 @@ marked() {
 }
 
 throughput 2 >/dev/null # warm-up
-echo "TCP over VXLAN, $PAIRS pairs of ${DURATION}s runs, GSO $GSO, $(nproc) CPUs, kernel $(uname -r)"
+echo "TCP over VXLAN, $STREAMS stream(s), $PAIRS pairs of ${DURATION}s runs, GSO $GSO, $(nproc) CPUs, kernel $(uname -r)"
 echo
 echo "| pair | without pdscp (Gbit/s) | with pdscp (Gbit/s) | ratio |"
 echo "|---:|---:|---:|---:|"

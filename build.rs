@@ -2,7 +2,7 @@
 //! pdscp.skel.rs (the product), bench_floor.skel.rs (the floor, yardstick
 //! and trampoline programs of benches/per_packet/) and test_foreign.skel.rs
 //! (a foreign TC program for tests/reliability). It also turns the constants
-//! of bpf/pdscp.h into pdscp_abi.rs, so src/maps.rs mirrors none by hand.
+//! of bpf/pdscp.h into pdscp_abi.rs, so src/maps/ mirrors none by hand.
 use std::env;
 use std::fs;
 use std::path::PathBuf;

@@ -1,10 +1,11 @@
 /* SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause */
 /* Layout shared by the BPF programs and user space (docs/state.md). build.rs
  * turns every #define PDSCP_* and every enum member below into a Rust
- * constant for src/maps.rs, so values must be plain integer literals; struct
- * layouts reach user space through the skeleton's types (src/maps.rs tests
+ * constant for src/maps/, so values must be plain integer literals; struct
+ * layouts reach user space through the skeleton's types (src/maps/ tests
  * their sizes). Changing a map's key, value or size is a new layout: bump
- * PDSCP_LAYOUT and teach src/state/upgrade.rs the way from the old one. */
+ * PDSCP_LAYOUT and teach src/commands/upgrade.rs (and migrate.rs) the way
+ * from the old one. */
 #ifndef PDSCP_H
 #define PDSCP_H
 

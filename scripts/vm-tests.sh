@@ -5,7 +5,7 @@
 # 12) with tc, 6.12 (Debian 12's newer kernel) with TCX.
 #
 # Two suites, each run on its kernels:
-#   wireguard  tests/wireguard.rs inside the kernel, on the host's own files
+#   wireguard  tests/wireguard/ inside the kernel, on the host's own files
 #              (the datapath, port and uplink discovery with real WireGuard);
 #              on 5.10, 6.1 and 6.12
 #   system     the .deb on a fresh Debian 12 (scripts/vm-rootfs.sh) booted with

@@ -1,5 +1,7 @@
 //! The cases the bench runs, each with the counters that prove it took the
 //! path it names.
+use pdscp::maps::abi;
+
 use crate::packets::{inner_v4, inner_v6, outer_v4, outer_v6, DSCP_EF, PORT};
 
 /// The bench's view of pdscp's counters (tunnel slot 0, its link row 1 on
@@ -25,10 +27,10 @@ pub const HASH_MISS: u32 = 0xa5a5_0002;
 pub const FLOWS_BASE: u32 = 0x4000_0000;
 /// The flow map size of the "64k map" cases.
 pub const BIG_MAP: u32 = 65536;
-/// Tunnel flags (enum tunnel_flag).
-pub const TUNNEL_IN_USE: u8 = 1;
-pub const REFLECT_OUT: u8 = 32;
-pub const REFLECT_IN: u8 = 64;
+/// Tunnel flags (enum tunnel_flag), from bpf/pdscp.h as pdscp itself has them.
+pub const TUNNEL_IN_USE: u8 = abi::TUNNEL_IN_USE as u8;
+pub const REFLECT_OUT: u8 = abi::TUNNEL_REFLECT_OUT as u8;
+pub const REFLECT_IN: u8 = abi::TUNNEL_REFLECT_IN as u8;
 /// The inner flow whose reflect entry the bench stores ({out: EF, in: 0}).
 pub const REFLECTED_FLOW: u16 = 5;
 

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 use libbpf_rs::{MapCore, MapFlags, MapMut, ProgramInput, ProgramMut};
+use pdscp::maps::abi;
 use pdscp::skel::{types, PdscpSkel};
 
 use crate::cases::{stat, Case, Hash, Prog, Via, FLOWS_BASE, HASH_HIT, REFLECTED_FLOW};
@@ -87,8 +88,8 @@ impl Bench<'_> {
         // uplink (slot 0) at once: the programs read `devices`.
         let slot = types::dev_slot {
             roles: match case.prog {
-                Prog::Writer => 2, // DEV_UPLINK
-                _ => 1,            // DEV_TUNNEL
+                Prog::Writer => abi::DEV_UPLINK as u8,
+                _ => abi::DEV_TUNNEL as u8,
             },
             l2: 1,
             tunnel_flags: TUNNEL_IN_USE | case.flags,
